@@ -1,0 +1,66 @@
+"""A backend for a Bitrix24 local application that opens inside the Bitrix24 frame."""
+
+import logging
+import os
+
+from dotenv import load_dotenv
+from flask import Flask
+
+from b24app import db
+from b24app.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def create_app(test_config=None):
+    """Create and configure the app; mount the sandbox portal when in sandbox mode."""
+    load_dotenv(os.path.join(PROJECT_ROOT, ".env"))
+    app = Flask(
+        __name__,
+        instance_path=os.environ.get("B24_INSTANCE_PATH") or os.path.join(PROJECT_ROOT, "instance"),
+        template_folder=os.path.join(PROJECT_ROOT, "templates"),
+        static_folder=os.path.join(PROJECT_ROOT, "static"),
+    )
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_mapping(load_config(app.instance_path))
+    if test_config:
+        app.config.from_mapping(test_config)
+    _configure_logging()
+
+    db.init_app(app)
+
+    from b24app import api, cli, pages
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    cli.init_app(app)
+
+    if app.config["SANDBOX"]:
+        from b24app import sandbox
+
+        sandbox.mount(app)
+        log.info(
+            "Sandbox mode: app at %s, sandbox portal at %s",
+            app.config["PUBLIC_URL"],
+            app.config["SANDBOX_URL"],
+        )
+    else:
+        log.info(
+            "Production mode: app at %s for client_id %s, OAuth server %s",
+            app.config["PUBLIC_URL"],
+            app.config["B24_CLIENT_ID"],
+            app.config["OAUTH_SERVER"],
+        )
+    return app
+
+
+def _configure_logging():
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("b24app").setLevel(level)
+
+
+__all__ = ["ConfigError", "create_app"]

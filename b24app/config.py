@@ -1,0 +1,112 @@
+"""Settings, read from the environment (and an optional ``.env`` file) with a default beside each.
+
+Sandbox mode is on when no real ``B24_CLIENT_ID`` is configured: the app then talks to the
+built-in sandbox portal, whose OAuth server issues the app's credentials itself.
+"""
+
+import os
+import re
+import secrets
+
+MODULE_ID_PATTERN = re.compile(r"^[a-z0-9._]+$")
+
+# The sandbox app's credentials; they are only ever accepted by the sandbox's own OAuth server.
+SANDBOX_CLIENT_ID = "local.sandbox00000000.00000001"
+SANDBOX_CLIENT_SECRET = "sandbox-client-secret"
+SANDBOX_OAUTH_PATH = "/oauth-server"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message says which and how to fix it."""
+
+
+def _env(name, default=None):
+    value = os.environ.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _env_float(name, default):
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
+
+
+def _env_bool(name, default):
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+
+
+def load_config(instance_path):
+    """Return the app's settings as a dict, read from the environment.
+
+    :param instance_path: the Flask instance folder, home of the default SQLite database.
+    :raise ConfigError: when a setting is invalid, or a production setting is missing.
+    """
+    client_id = _env("B24_CLIENT_ID")
+    sandbox = client_id is None
+    public_url = _env("B24_PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/")
+    sandbox_url = _env("B24_SANDBOX_URL", "http://localhost:5000").rstrip("/")
+
+    config = {
+        "SANDBOX": sandbox,
+        "B24_CLIENT_ID": client_id or SANDBOX_CLIENT_ID,
+        "B24_CLIENT_SECRET": _env("B24_CLIENT_SECRET"),
+        "SECRET_KEY": _env("SECRET_KEY"),
+        "DATABASE_URL": _env(
+            "DATABASE_URL", "sqlite:///" + os.path.join(instance_path, "b24app.sqlite3")
+        ),
+        "PING_INTERVAL": _env_float("PING_INTERVAL", 1.0),
+        "PULL_MODULE_ID": _env("PULL_MODULE_ID", "main"),
+        "OAUTH_SERVER": _env("B24_OAUTH_SERVER", "https://oauth.bitrix.info").rstrip("/"),
+        "PUBLIC_URL": public_url,
+        "JSSDK_URL": _env("B24_JSSDK_URL", "/vendor/b24jssdk/index.min.js"),
+        "REST_TIMEOUT": _env_float("REST_TIMEOUT", 10.0),
+        "PAGE_TOKEN_MAX_AGE": _env_float("PAGE_TOKEN_MAX_AGE", 3600.0),
+        "SCHEDULER_IN_SERVER": _env_bool("SCHEDULER_IN_SERVER", True),
+        "SANDBOX_URL": sandbox_url,
+        "SANDBOX_ACCESS_TOKEN_LIFETIME": _env_float("SANDBOX_ACCESS_TOKEN_LIFETIME", 3600.0),
+        "SANDBOX_REFRESH_TOKEN_LIFETIME": _env_float(
+            "SANDBOX_REFRESH_TOKEN_LIFETIME", 180 * 24 * 3600.0
+        ),
+    }
+
+    if config["PING_INTERVAL"] <= 0:
+        raise ConfigError("PING_INTERVAL must be a positive number of seconds.")
+    if not MODULE_ID_PATTERN.match(config["PULL_MODULE_ID"]):
+        raise ConfigError(
+            "PULL_MODULE_ID may hold only lower-case letters, digits, dots and underscores; "
+            f"got {config['PULL_MODULE_ID']!r}."
+        )
+
+    if sandbox:
+        # The sandbox portal plays the OAuth server too; nothing leaves this machine.
+        config["OAUTH_SERVER"] = sandbox_url + SANDBOX_OAUTH_PATH
+        config["B24_CLIENT_SECRET"] = config["B24_CLIENT_SECRET"] or SANDBOX_CLIENT_SECRET
+        config["SECRET_KEY"] = config["SECRET_KEY"] or secrets.token_hex(32)
+    else:
+        missing = [
+            name
+            for name, value in (
+                ("B24_CLIENT_SECRET", config["B24_CLIENT_SECRET"]),
+                ("SECRET_KEY", config["SECRET_KEY"]),
+                ("B24_PUBLIC_URL", _env("B24_PUBLIC_URL")),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                "B24_CLIENT_ID is set, so the app runs against a real portal and needs "
+                + ", ".join(missing)
+                + " as well (see .env.example)."
+            )
+    return config

@@ -1,0 +1,21 @@
+"""Schema migrations (Alembic), applied with ``flask --app wsgi db-upgrade``."""
+
+import os
+
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def alembic_config(database_url):
+    """Return an Alembic configuration that migrates the database at ``database_url``."""
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS_DIR)
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url, revision="head"):
+    """Bring the database at ``database_url`` up to ``revision``."""
+    command.upgrade(alembic_config(database_url), revision)

@@ -1,0 +1,80 @@
+"""The stored state: one row per portal that installed the app, and the scheduler's tick claims."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow():
+    """Return the current time in UTC, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every database (SQLite stores it without a zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use an aware UTC datetime")
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime}
+
+
+class InstallState:
+    """Where a portal is in the app's lifecycle."""
+
+    # Tokens stored from the install page; the portal has not confirmed installFinish yet.
+    PENDING = "pending"
+    INSTALLED = "installed"
+    UNINSTALLED = "uninstalled"
+
+
+class Portal(Base):
+    """A Bitrix24 portal (keyed by ``member_id``) with the OAuth tokens the app holds for it."""
+
+    __tablename__ = "portals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    domain: Mapped[str] = mapped_column(String(255))
+    client_endpoint: Mapped[str] = mapped_column(String(512))
+    server_endpoint: Mapped[str] = mapped_column(String(512))
+    access_token: Mapped[str | None] = mapped_column(Text)
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    scope: Mapped[str] = mapped_column(String(1024), default="")
+    status: Mapped[str] = mapped_column(String(8), default="")
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    application_token: Mapped[str | None] = mapped_column(String(128))
+    install_state: Mapped[str] = mapped_column(String(16), default=InstallState.PENDING)
+    ping_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_ping_at: Mapped[datetime | None] = mapped_column()
+    installed_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def __repr__(self):
+        return f"<Portal {self.member_id} {self.domain} {self.install_state}>"
+
+
+class SchedulerClaim(Base):
+    """The last tick of a periodic job that some process has claimed; one row per job."""
+
+    __tablename__ = "scheduler_claims"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_tick: Mapped[int] = mapped_column(BigInteger, default=0)
+    claimed_by: Mapped[str] = mapped_column(String(128), default="")
+    claimed_at: Mapped[datetime | None] = mapped_column()

@@ -1,0 +1,114 @@
+"""Fixtures: an app on a fresh SQLite file, and a live threaded server for app and sandbox."""
+
+import os
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from b24app import create_app, migrations
+
+# Settings a developer's shell or .env may hold; every test starts without them.
+SETTINGS = (
+    "B24_CLIENT_ID",
+    "B24_CLIENT_SECRET",
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "PING_INTERVAL",
+    "PULL_MODULE_ID",
+    "B24_OAUTH_SERVER",
+    "B24_PUBLIC_URL",
+    "B24_JSSDK_URL",
+    "B24_SANDBOX_URL",
+    "SCHEDULER_IN_SERVER",
+    "SANDBOX_ACCESS_TOKEN_LIFETIME",
+    "SANDBOX_REFRESH_TOKEN_LIFETIME",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    """Run every test without the developer's settings, with its own instance folder."""
+    for name in SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("b24app.load_dotenv", lambda *args, **kwargs: False)
+    monkeypatch.setenv("B24_INSTANCE_PATH", str(tmp_path / "instance"))
+
+
+def build_app(tmp_path, test_config=None):
+    """Create a sandbox-mode app on a migrated SQLite file in ``tmp_path``."""
+    url = "sqlite:///" + os.path.join(tmp_path, "test.sqlite3")
+    migrations.upgrade(url)
+    config = {"TESTING": True, "DATABASE_URL": url, "SCHEDULER_IN_SERVER": False}
+    config.update(test_config or {})
+    return create_app(config)
+
+
+@pytest.fixture
+def app(tmp_path):
+    return build_app(tmp_path)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class LiveServer:
+    """The app and the sandbox portal served over real HTTP on one free port.
+
+    The app is at ``http://127.0.0.1:PORT`` and the portal at ``http://localhost:PORT``: two
+    different sites, as a real portal and a real app are.
+    """
+
+    def __init__(self, tmp_path, monkeypatch, env=None, test_config=None):
+        self._app = None
+        self.server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self.port = self.server.server_port
+        self.public_url = f"http://127.0.0.1:{self.port}"
+        self.sandbox_url = f"http://localhost:{self.port}"
+        monkeypatch.setenv("B24_PUBLIC_URL", self.public_url)
+        monkeypatch.setenv("B24_SANDBOX_URL", self.sandbox_url)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, str(value))
+        self.app = build_app(tmp_path, test_config)
+        self._app = self.app
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _wsgi(self, environ, start_response):
+        return self._app(environ, start_response)
+
+    @property
+    def sandbox(self):
+        """The sandbox portal's state, for arranging and inspecting a test."""
+        return self.app.extensions["sandbox"]
+
+    def stop(self):
+        self.server.shutdown()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server_factory(tmp_path, monkeypatch):
+    """Return a function that starts a live server with extra environment settings."""
+    servers = []
+
+    def start(env=None, test_config=None):
+        server = LiveServer(tmp_path, monkeypatch, env, test_config)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live_server(live_server_factory):
+    return live_server_factory()
