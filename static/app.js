@@ -1,0 +1,168 @@
+// The app page: subscribe to the app's Pull channel, show each ping as it arrives, send pings
+// from the browser, and show what the backend knows about this portal.
+
+import {
+  callPortal,
+  createLogger,
+  describeError,
+  initializeFrame,
+  readPageConfig,
+  setState,
+  showStatus,
+  stopIfOutsidePortal,
+} from './frame.js';
+
+const MAX_ROWS = 50;
+// window.appPings is for tests and debugging; a page left open for hours must not grow forever.
+const MAX_KEPT_MESSAGES = 1000;
+const MIN_STATUS_REFRESH_SECONDS = 5;
+
+const config = readPageConfig();
+const logger = createLogger('b24app.app', config);
+const { Text } = window.B24Js;
+
+let b24 = null;
+let pingCount = 0;
+window.appPings = [];
+
+/** Return a table cell holding `text` as plain text. */
+function cell(text) {
+  const element = document.createElement('td');
+  element.textContent = text === undefined || text === null ? '—' : String(text);
+  return element;
+}
+
+/** Return how long ago, in whole milliseconds, a message sent at `sentAt` (unix s) was sent. */
+function delaySince(sentAt) {
+  const seconds = Number(sentAt);
+  if (sentAt === undefined || sentAt === null || !Number.isFinite(seconds)) {
+    return null;
+  }
+  return Math.round(Date.now() - seconds * 1000);
+}
+
+/** Show one Pull message at the top of the table, keeping only the newest rows. */
+function showMessage(message) {
+  const params = message.params || {};
+  const delay = delaySince(params.sent_at);
+  const row = document.createElement('tr');
+  row.dataset.command = String(message.command);
+  row.dataset.sequence = params.sequence ?? '';
+  row.dataset.source = params.source ?? '';
+  row.dataset.param1 = params.param_1 ?? '';
+  row.append(
+    cell(Text.getDateForLog()),
+    cell(message.command),
+    cell(params.param_1),
+    cell(params.sequence),
+    cell(params.source),
+    cell(delay === null ? null : `${delay} ms`),
+  );
+
+  const body = document.getElementById('ping-rows');
+  body.prepend(row);
+  while (body.rows.length > MAX_ROWS) {
+    body.lastElementChild.remove();
+  }
+}
+
+/** Handle a message from the subscription: keep it, count it if a ping, and show it. */
+function receiveMessage(message) {
+  window.appPings.push(message);
+  if (window.appPings.length > MAX_KEPT_MESSAGES) {
+    window.appPings.shift();
+  }
+  if (message.command === 'ping') {
+    pingCount += 1;
+    document.getElementById('ping-count').textContent = String(pingCount);
+  }
+  showMessage(message);
+  logger.debug('Pull message received', {
+    command: message.command,
+    sequence: message.params?.sequence,
+  });
+}
+
+/** Send a ping from the browser; it comes back through the same Pull subscription. */
+async function sendPing() {
+  const button = document.getElementById('send-ping');
+  button.disabled = true;
+  try {
+    await callPortal(b24, 'pull.application.event.add', {
+      COMMAND: 'ping',
+      MODULE_ID: config.moduleId,
+      PARAMS: { param_1: Text.getDateForLog(), source: 'browser', sent_at: Date.now() / 1000 },
+    });
+    showStatus('Ping sent from the browser.', 'ok');
+  } catch (error) {
+    showStatus(`Could not send a ping: ${describeError(error)}`, 'error');
+    await logger.error('Browser ping failed', { error: describeError(error) });
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Fill the backend status panel from GET {apiUrl}/status. */
+async function refreshBackendStatus() {
+  const panel = document.getElementById('backend-status');
+  try {
+    const response = await fetch(`${config.apiUrl}/status`, {
+      headers: { Authorization: `Bearer ${config.apiToken}`, Accept: 'application/json' },
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      throw new Error(body.error || `HTTP ${response.status}`);
+    }
+    for (const [key, value] of Object.entries(body)) {
+      const field = panel.querySelector(`[data-field="${key}"]`);
+      if (field) {
+        field.textContent = value === null || value === undefined ? '—' : String(value);
+      }
+    }
+    panel.dataset.state = 'ok';
+    panel.querySelector('.panel-error').textContent = '';
+  } catch (error) {
+    panel.dataset.state = 'error';
+    panel.querySelector('.panel-error').textContent =
+      `Backend status unavailable: ${describeError(error)}`;
+  }
+}
+
+/** Poll the backend status, no more often than every few seconds. */
+function watchBackendStatus() {
+  const seconds = Math.max(Number(config.pingInterval) || 0, MIN_STATUS_REFRESH_SECONDS);
+  refreshBackendStatus();
+  setInterval(refreshBackendStatus, seconds * 1000);
+}
+
+async function start() {
+  setState('connecting');
+  showStatus('Connecting to the portal…');
+  b24 = await initializeFrame();
+
+  setState('loading');
+  showStatus('Loading the app and user data…');
+  const { initB24Helper, usePullClient, useSubscribePullClient, startPullClient } =
+    window.B24Js.useB24Helper();
+  await initB24Helper(b24);
+
+  // The scheduler sends with exactly this module id, so the subscription must match it.
+  usePullClient();
+  useSubscribePullClient(receiveMessage, config.moduleId);
+  startPullClient();
+
+  document.getElementById('send-ping').disabled = false;
+  setState('ready');
+  showStatus(`Listening for pings on module "${config.moduleId}".`, 'ok');
+  await logger.info('Pull client started', { memberId: config.memberId });
+}
+
+if (!stopIfOutsidePortal()) {
+  document.getElementById('send-ping').addEventListener('click', sendPing);
+  watchBackendStatus();
+  start().catch(async (error) => {
+    setState('error');
+    showStatus(describeError(error), 'error');
+    await logger.error('App start failed', { error: describeError(error) });
+  });
+}
