@@ -6,7 +6,7 @@ import os
 from dotenv import load_dotenv
 from flask import Flask
 
-from b24app import db
+from b24app import bitrix, db
 from b24app.config import ConfigError, load_config
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,8 @@ def create_app(test_config=None):
     load_dotenv(os.path.join(PROJECT_ROOT, ".env"))
     app = Flask(
         __name__,
-        instance_path=os.environ.get("B24_INSTANCE_PATH") or os.path.join(PROJECT_ROOT, "instance"),
+        instance_path=os.environ.get("B24_INSTANCE_PATH")
+        or os.path.join(PROJECT_ROOT, "instance"),
         template_folder=os.path.join(PROJECT_ROOT, "templates"),
         static_folder=os.path.join(PROJECT_ROOT, "static"),
     )
@@ -30,6 +31,7 @@ def create_app(test_config=None):
     _configure_logging()
 
     db.init_app(app)
+    bitrix.init_app(app)
 
     from b24app import api, cli, pages
 
@@ -61,6 +63,8 @@ def _configure_logging():
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("b24app").setLevel(level)
+    # urllib3 logs request URLs at debug level, and the OAuth refresh URL carries secrets.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 __all__ = ["ConfigError", "create_app"]

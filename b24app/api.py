@@ -1,5 +1,75 @@
-"""Calls from the app page back to the backend, authenticated by the page's signed token."""
+"""Calls from the app page back to the backend, authenticated by the page's signed token.
 
-from flask import Blueprint
+Inside the portal's iframe the app's cookies are third-party and browsers drop them, so the
+page carries a short-lived token signed with the app's secret key instead, sent back as
+``Authorization: Bearer <token>``.
+"""
+
+from functools import wraps
+
+from flask import Blueprint, current_app, g, jsonify, request
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from b24app import store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+_SALT = "b24app.page-token"
+
+
+def _serializer():
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=_SALT)
+
+
+def issue_page_token(member_id, user_id):
+    """Return a signed token that lets the page act for ``member_id`` and ``user_id``."""
+    return _serializer().dumps({"member_id": member_id, "user_id": user_id})
+
+
+def read_page_token(token):
+    """Return the ``(member_id, user_id)`` in a page token.
+
+    :raise ValueError: with a message fit for the client when the token is forged or expired.
+    """
+    try:
+        data = _serializer().loads(token, max_age=current_app.config["PAGE_TOKEN_MAX_AGE"])
+    except SignatureExpired:
+        raise ValueError("The page token has expired; reopen the app.") from None
+    except BadSignature:
+        raise ValueError("The page token is not valid.") from None
+    return data["member_id"], data.get("user_id")
+
+
+def page_token_required(view):
+    """Answer 401 unless the request carries a valid page token; set ``g.member_id``."""
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return jsonify(error="A page token is required (Authorization: Bearer …)."), 401
+        try:
+            g.member_id, g.user_id = read_page_token(token.strip())
+        except ValueError as exc:
+            return jsonify(error=str(exc)), 401
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+@bp.get("/status")
+@page_token_required
+def status():
+    """Show the backend's view of the page's portal."""
+    portal = store.get_portal(g.member_id)
+    if portal is None:
+        return jsonify(error="This portal is not known to the app."), 404
+    return jsonify(
+        member_id=portal.member_id,
+        domain=portal.domain,
+        install_state=portal.install_state,
+        ping_sequence=portal.ping_sequence,
+        last_ping_at=portal.last_ping_at.isoformat() if portal.last_ping_at else None,
+        module_id=current_app.config["PULL_MODULE_ID"],
+        ping_interval=current_app.config["PING_INTERVAL"],
+    )

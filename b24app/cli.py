@@ -1,12 +1,19 @@
 """Command-line commands: ``flask --app wsgi db-upgrade | serve | scheduler``."""
 
+import logging
+import threading
+
 import click
 from flask import current_app
+
+log = logging.getLogger(__name__)
 
 
 def init_app(app):
     """Register the app's commands."""
     app.cli.add_command(db_upgrade)
+    app.cli.add_command(serve)
+    app.cli.add_command(scheduler)
 
 
 @click.command("db-upgrade")
@@ -16,3 +23,39 @@ def db_upgrade():
 
     migrations.upgrade(current_app.config["DATABASE_URL"])
     click.echo("Database is up to date.")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def serve(host, port):
+    """Run the development server (threaded) with the ping scheduler inside it."""
+    from werkzeug.serving import run_simple
+
+    from b24app.scheduler import start_scheduler
+
+    app = current_app._get_current_object()
+    running = start_scheduler(app) if app.config["SCHEDULER_IN_SERVER"] else None
+    if app.config["SANDBOX"]:
+        click.echo(f"Open the sandbox portal: {app.config['SANDBOX_URL']}/")
+    try:
+        # flask-sock holds a thread per socket: the server must be threaded.
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+    finally:
+        if running:
+            running.shutdown()
+
+
+@click.command("scheduler")
+def scheduler():
+    """Run the ping scheduler on its own, for production (stop with Ctrl-C)."""
+    from b24app.scheduler import start_scheduler
+
+    running = start_scheduler(current_app._get_current_object())
+    stop = threading.Event()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.shutdown()

@@ -12,7 +12,7 @@ MODULE_ID_PATTERN = re.compile(r"^[a-z0-9._]+$")
 
 # The sandbox app's credentials; they are only ever accepted by the sandbox's own OAuth server.
 SANDBOX_CLIENT_ID = "local.sandbox00000000.00000001"
-SANDBOX_CLIENT_SECRET = "sandbox-client-secret"
+SANDBOX_CLIENT_SECRET = "sandbox-client-secret"  # noqa: S105 (sandbox only)
 SANDBOX_OAUTH_PATH = "/oauth-server"
 
 

@@ -1,14 +1,18 @@
-"""The database: one SQLAlchemy engine per app, sessions scoped to the thread that uses them."""
+"""The database: one SQLAlchemy engine per app; each unit of work gets a short-lived session.
+
+Sessions are never kept open between units of work, so a long-running thread (the scheduler)
+always reads what other threads and processes have committed.
+"""
 
 from contextlib import contextmanager
 
 from flask import current_app
 from sqlalchemy import create_engine, event
-from sqlalchemy.orm import scoped_session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 
 def init_app(app):
-    """Create the app's engine and session factory, and end each request's session."""
+    """Create the app's engine and session factory."""
     url = app.config["DATABASE_URL"]
     options = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -17,10 +21,7 @@ def init_app(app):
     engine = create_engine(url, **options)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _configure_sqlite)
-    app.extensions["b24app.db"] = scoped_session(
-        sessionmaker(bind=engine, expire_on_commit=False)
-    )
-    app.teardown_appcontext(lambda exc: app.extensions["b24app.db"].remove())
+    app.extensions["b24app.db"] = sessionmaker(bind=engine, expire_on_commit=False)
 
 
 def _configure_sqlite(connection, record):
@@ -30,18 +31,15 @@ def _configure_sqlite(connection, record):
     cursor.close()
 
 
-def get_session():
-    """Return this thread's session for the current app."""
-    return current_app.extensions["b24app.db"]()
+@contextmanager
+def reading():
+    """Yield a session for reads; objects read stay usable after it closes."""
+    with current_app.extensions["b24app.db"]() as session:
+        yield session
 
 
 @contextmanager
 def transaction():
-    """Yield this thread's session and commit on success, roll back on any error."""
-    session = get_session()
-    try:
+    """Yield a session in a transaction: committed on success, rolled back on any error."""
+    with current_app.extensions["b24app.db"].begin() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise

@@ -1,0 +1,164 @@
+"""The ping scheduler: every interval, one ``ping`` Pull event to every installed portal.
+
+Each tick is claimed in the database before it is acted on, so when several processes run a
+scheduler (web workers, a separate scheduler command) every tick is sent by exactly one of them.
+Each portal's ping runs on a worker pool: a slow or failing portal never holds up the others,
+and a portal whose previous ping is still under way is skipped rather than piled up.
+"""
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from b24app import store
+from b24app.bitrix import rest_client
+from b24app.bitrix.rest import RestError
+from b24app.db import transaction
+from b24app.models import SchedulerClaim, utcnow
+
+log = logging.getLogger(__name__)
+
+PING_JOB = "ping"
+
+
+def claim_tick(job, tick):
+    """Claim ``tick`` of ``job`` for this process; return whether this process got it."""
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    with transaction() as session:
+        claimed = session.execute(
+            update(SchedulerClaim)
+            .where(SchedulerClaim.job == job, SchedulerClaim.last_tick < tick)
+            .values(last_tick=tick, claimed_by=owner, claimed_at=utcnow())
+        ).rowcount
+        if claimed:
+            return True
+        if session.scalar(select(SchedulerClaim.job).where(SchedulerClaim.job == job)):
+            return False
+    try:
+        with transaction() as session:
+            session.execute(
+                insert(SchedulerClaim).values(
+                    job=job, last_tick=tick, claimed_by=owner, claimed_at=utcnow()
+                )
+            )
+        return True
+    except IntegrityError:
+        # Another process created the job's row first, and with it claimed this tick.
+        return False
+
+
+def ping_params(sequence, sent_at):
+    """Return the ``PARAMS`` of a ping: its send time as the SDK formats it, and its number."""
+    return {
+        "param_1": datetime.fromtimestamp(sent_at).strftime("%Y-%m-%d %H:%M:%S"),
+        "sequence": sequence,
+        "sent_at": sent_at,
+        "source": "scheduler",
+    }
+
+
+def send_ping(member_id, module_id):
+    """Send one ping to the portal with ``member_id``; return its sequence number.
+
+    :raise RestError: when the portal does not accept it.
+    """
+    sequence = store.next_ping_sequence(member_id)
+    sent_at = time.time()
+    started = time.monotonic()
+    rest_client().call(
+        member_id,
+        "pull.application.event.add",
+        {"COMMAND": "ping", "PARAMS": ping_params(sequence, sent_at), "MODULE_ID": module_id},
+    )
+    store.record_ping_sent(member_id, utcnow())
+    log.debug(
+        "Ping %s sent to portal %s in %.0f ms",
+        sequence,
+        member_id,
+        (time.monotonic() - started) * 1000,
+    )
+    return sequence
+
+
+class PingScheduler:
+    """Run the ping job of ``app`` on a background thread.
+
+    :param app: the Flask app whose settings, database and REST client to use.
+    :param max_workers: how many portals may be pinged at the same moment.
+    """
+
+    def __init__(self, app, max_workers=8):
+        self.app = app
+        self.interval = app.config["PING_INTERVAL"]
+        self.module_id = app.config["PULL_MODULE_ID"]
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ping")
+        self._in_flight = set()
+        self._in_flight_lock = threading.Lock()
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        # Fire mid-interval, well away from the tick boundaries that claims are keyed on.
+        first = (math.floor(time.time() / self.interval) + 1.5) * self.interval
+        self._scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.interval,
+            start_date=datetime.fromtimestamp(first, UTC),
+            id=PING_JOB,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(self.interval)),
+        )
+
+    def start(self):
+        """Start sending pings; return self."""
+        self._scheduler.start()
+        log.info(
+            "Scheduler started: ping every %ss on Pull module %r", self.interval, self.module_id
+        )
+        return self
+
+    def shutdown(self):
+        """Stop sending pings and wait for those under way."""
+        self._scheduler.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
+        log.info("Scheduler stopped")
+
+    def tick(self):
+        """Claim the current tick and hand each installed portal's ping to the pool."""
+        tick = int(time.time() // self.interval)
+        with self.app.app_context():
+            if not claim_tick(PING_JOB, tick):
+                return
+            member_ids = store.installed_member_ids()
+        for member_id in member_ids:
+            with self._in_flight_lock:
+                if member_id in self._in_flight:
+                    log.info("Portal %s: previous ping still under way, skipped", member_id)
+                    continue
+                self._in_flight.add(member_id)
+            self._pool.submit(self._ping, member_id)
+
+    def _ping(self, member_id):
+        try:
+            with self.app.app_context():
+                send_ping(member_id, self.module_id)
+        except RestError as exc:
+            log.warning("Ping to portal %s failed: %s %s", member_id, exc.code, exc.description)
+        except Exception:
+            log.exception("Ping to portal %s failed unexpectedly", member_id)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(member_id)
+
+
+def start_scheduler(app):
+    """Create and start the ping scheduler of ``app``; return it (call ``shutdown()`` to stop)."""
+    return PingScheduler(app).start()
