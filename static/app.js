@@ -21,6 +21,9 @@ const config = readPageConfig();
 const logger = createLogger('b24app.app', config);
 const { Text } = window.B24Js;
 
+/** The backend refused the page's token (missing, forged or expired): retrying cannot help. */
+class TokenRefused extends Error {}
+
 let b24 = null;
 let pingCount = 0;
 window.appPings = [];
@@ -102,7 +105,11 @@ async function sendPing() {
   }
 }
 
-/** Fill the backend status panel from GET {apiUrl}/status. */
+/**
+ * Fill the backend status panel from GET {apiUrl}/status.
+ *
+ * @returns {boolean} false when the page's token was refused, so polling should stop.
+ */
 async function refreshBackendStatus() {
   const panel = document.getElementById('backend-status');
   try {
@@ -110,6 +117,9 @@ async function refreshBackendStatus() {
       headers: { Authorization: `Bearer ${config.apiToken}`, Accept: 'application/json' },
     });
     const body = await response.json().catch(() => ({}));
+    if (response.status === 401) {
+      throw new TokenRefused(body.error || 'the page token was refused');
+    }
     if (!response.ok) {
       throw new Error(body.error || `HTTP ${response.status}`);
     }
@@ -121,18 +131,22 @@ async function refreshBackendStatus() {
     }
     panel.dataset.state = 'ok';
     panel.querySelector('.panel-error').textContent = '';
+    return true;
   } catch (error) {
     panel.dataset.state = 'error';
+    const advice = error instanceof TokenRefused ? ' Reopen the app to get a new session.' : '';
     panel.querySelector('.panel-error').textContent =
-      `Backend status unavailable: ${describeError(error)}`;
+      `Backend status unavailable: ${describeError(error)}.${advice}`;
+    return !(error instanceof TokenRefused);
   }
 }
 
-/** Poll the backend status, no more often than every few seconds. */
-function watchBackendStatus() {
+/** Poll the backend status, no more often than every few seconds, until the token expires. */
+async function watchBackendStatus() {
   const seconds = Math.max(Number(config.pingInterval) || 0, MIN_STATUS_REFRESH_SECONDS);
-  refreshBackendStatus();
-  setInterval(refreshBackendStatus, seconds * 1000);
+  while (await refreshBackendStatus()) {
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  }
 }
 
 async function start() {
