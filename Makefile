@@ -1,0 +1,46 @@
+# `make run` sets everything up and starts the app on the sandbox portal;
+# `make test` sets up what the tests need and runs them.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test setup test-setup browser lint
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.requirements: $(BIN)/activate requirements.txt
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.test-requirements: $(VENV)/.requirements tests/requirements.txt
+	$(BIN)/pip install --quiet -r tests/requirements.txt
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+setup: $(VENV)/.requirements node_modules/.package-lock.json
+
+run: setup
+	$(BIN)/flask --app wsgi db-upgrade
+	$(BIN)/flask --app wsgi serve --host $(HOST) --port $(PORT)
+
+# The browser tests drive Debian's Chromium; install it when missing and we may.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "Chromium is missing: install it (apt-get install chromium); browser tests will be skipped."; fi; }
+
+test-setup: $(VENV)/.test-requirements node_modules/.package-lock.json browser
+
+test: test-setup
+	$(BIN)/pytest
+
+lint: $(VENV)/.test-requirements
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
