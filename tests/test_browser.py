@@ -1,0 +1,160 @@
+"""End to end in a real headless Chromium: the sandbox portal, the install page, the app page."""
+
+import os
+
+import pytest
+from browser_helpers import (
+    CHROMIUM_ARGS,
+    CHROMIUM_PATH,
+    DATE_FOR_LOG,
+    INSTALL_TIMEOUT_MS,
+    PAGE_TIMEOUT_MS,
+    ConsoleLog,
+    app_frame,
+    received_pings,
+    save_artifacts,
+    wait_for_app_state,
+    wait_until,
+)
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM_PATH),
+    reason=f"No Chromium at {CHROMIUM_PATH}; Playwright's own browser download is not used here",
+)
+
+ADMIN = 1
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM_PATH, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """Give a fresh browser page; keep its screenshot and console log if the test fails."""
+    context = browser.new_context()
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = context.new_page()
+    console = ConsoleLog(page)
+    # The call phase's report is logged before fixtures are torn down, so a failure of the
+    # test itself has already been counted here.
+    failures_before = request.session.testsfailed
+    yield page
+    if request.session.testsfailed > failures_before:
+        save_artifacts(page, console, request.node.name)
+    context.close()
+
+
+@pytest.fixture
+def scheduled_server(live_server_factory):
+    """Start a live server whose scheduler pings every half second."""
+    from b24app.scheduler import start_scheduler
+
+    server = live_server_factory(env={"PING_INTERVAL": "0.5"})
+    scheduler = start_scheduler(server.app)
+    yield server
+    scheduler.shutdown()
+
+
+def install_app(page, server):
+    """Create a sandbox portal, install the app in it as the admin; return the portal."""
+    portal = server.sandbox.create_portal()
+    page.goto(f"{server.sandbox_url}/portal/{portal.member_id}/?user={ADMIN}")
+    page.click("#install-button")
+    # The install page binds the events and calls installFinish; the portal then reloads and
+    # opens the handler path, whose page ends up ready once its Pull client is started.
+    wait_for_app_state(page, "ready", timeout=INSTALL_TIMEOUT_MS)
+    return portal
+
+
+def stored_portal(server, member_id):
+    """Return the app's stored row for ``member_id``."""
+    from b24app import store
+
+    with server.app.app_context():
+        return store.get_portal(member_id)
+
+
+def test_scheduler_pings_reach_the_app_page(page, scheduled_server):
+    server = scheduled_server
+    portal = install_app(page, server)
+    frame = app_frame(page)
+
+    frame.wait_for_function(
+        "n => window.appPings.filter(m => m.params.source === 'scheduler').length >= n",
+        arg=4,
+        timeout=PAGE_TIMEOUT_MS,
+    )
+    pings = received_pings(frame, source="scheduler")
+
+    assert {ping["command"] for ping in pings} == {"ping"}
+    for ping in pings:
+        assert DATE_FOR_LOG.match(ping["params"]["param_1"]), ping
+    sequences = [ping["params"]["sequence"] for ping in pings]
+    assert sequences == sorted(set(sequences)), sequences
+
+    pushed = {
+        (message.params["sequence"], message.params["param_1"])
+        for message in server.sandbox.pushed_messages
+        if message.member_id == portal.member_id and message.params.get("source") == "scheduler"
+    }
+    received = {(ping["params"]["sequence"], ping["params"]["param_1"]) for ping in pings}
+    assert received <= pushed
+
+    assert stored_portal(server, portal.member_id).ping_sequence >= max(sequences)
+
+    newest_row = frame.locator("#ping-rows tr").first
+    assert int(newest_row.get_attribute("data-sequence")) >= max(sequences)
+    assert int(frame.locator("#ping-count").text_content()) >= len(pings)
+
+
+def test_browser_ping_round_trips_through_the_push_server(page, live_server):
+    portal = install_app(page, live_server)
+    frame = app_frame(page)
+
+    frame.click("#send-ping")
+    frame.locator("#ping-rows tr[data-source='browser']").wait_for(timeout=PAGE_TIMEOUT_MS)
+
+    [ping] = received_pings(frame, source="browser")
+    assert ping["command"] == "ping"
+    assert DATE_FOR_LOG.match(ping["params"]["param_1"]), ping
+    pushed = [
+        message
+        for message in live_server.sandbox.pushed_messages
+        if message.member_id == portal.member_id and message.params.get("source") == "browser"
+    ]
+    assert [message.params["param_1"] for message in pushed] == [ping["params"]["param_1"]]
+
+
+def test_app_page_outside_a_portal_says_so(page, live_server):
+    page.goto(f"{live_server.public_url}/app")
+
+    page.locator("body[data-state='outside']").wait_for(state="attached", timeout=5_000)
+    assert "inside a Bitrix24 portal" in page.text_content("#status")
+
+
+def test_install_event_reaches_the_backend(page, live_server):
+    portal = install_app(page, live_server)
+
+    delivery = wait_until(
+        lambda: next(
+            (
+                record
+                for record in live_server.sandbox.event_deliveries
+                if record.member_id == portal.member_id and record.event == "ONAPPINSTALL"
+            ),
+            None,
+        ),
+        message="the ONAPPINSTALL delivery",
+    )
+    assert delivery.handler == f"{live_server.public_url}/events"
+    assert delivery.status == 200
+    stored = stored_portal(live_server, portal.member_id)
+    assert stored.install_state == "installed"
+    assert stored.application_token
