@@ -1,6 +1,129 @@
-"""The sandbox portal: a local stand-in for a Bitrix24 portal, its OAuth server and push server."""
+"""The sandbox portal: a local stand-in for a Bitrix24 portal, its OAuth server and push server.
+
+:func:`mount` builds a second Flask app for the portal side and serves it from the same server
+as the app, chosen by the request's Host: ``SANDBOX_URL``'s host goes to the portal, every other
+host to the app. The portal's state (:class:`~b24app.sandbox.state.SandboxState`) is kept at
+``app.extensions["sandbox"]``.
+
+Modules: ``state`` (portals, users, tokens, channels, records), ``oauth`` (the OAuth server),
+``rest`` (the REST API), ``push`` (the push server), ``portal`` (the portal pages) and ``events``
+(delivery of events to bound handlers).
+"""
+
+import logging
+import os
+import re
+from urllib.parse import urlsplit
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from b24app.sandbox.state import SandboxState
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Query parameters that carry tokens or secrets in the protocol's own URLs.
+SECRET_PARAMETERS = re.compile(
+    r"((?:auth|access_token|refresh_token|client_secret|AUTH_ID|REFRESH_ID)=)[^&\s\"]+"
+)
+
+
+class RedactSecrets(logging.Filter):
+    """Hide token and secret values in request lines before they are logged."""
+
+    def filter(self, record):
+        """Rewrite the record's message without the secret values; always keep the record."""
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        redacted = SECRET_PARAMETERS.sub(r"\1[hidden]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+class HostDispatcher:
+    """Send requests for the sandbox's host to the portal app and all others to the app."""
+
+    def __init__(self, app_wsgi, portal_wsgi, sandbox_host):
+        self.app_wsgi = app_wsgi
+        self.portal_wsgi = portal_wsgi
+        self.sandbox_host = sandbox_host
+
+    def __call__(self, environ, start_response):
+        """Dispatch one WSGI request by its Host header."""
+        host = environ.get("HTTP_HOST") or "{}:{}".format(
+            environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", "")
+        )
+        if normalize_host(host, environ.get("wsgi.url_scheme", "http")) == self.sandbox_host:
+            return self.portal_wsgi(environ, start_response)
+        return self.app_wsgi(environ, start_response)
+
+
+def normalize_host(host, scheme):
+    """Return ``host`` in lower case without the scheme's default port."""
+    host = host.strip().lower()
+    default = ":443" if scheme in ("https", "wss") else ":80"
+    return host.removesuffix(default)
+
+
+def create_portal_app(app, state):
+    """Create the Flask app that serves the portal side: pages, OAuth, REST and push."""
+    portal_app = Flask(
+        __name__,
+        template_folder=os.path.join(PROJECT_ROOT, "templates"),
+        static_folder=os.path.join(PROJECT_ROOT, "static"),
+    )
+    portal_app.config.update(
+        TESTING=app.config.get("TESTING", False),
+        SECRET_KEY=app.config["SECRET_KEY"],
+        SANDBOX_URL=app.config["SANDBOX_URL"],
+        PUBLIC_URL=app.config["PUBLIC_URL"],
+    )
+    # Keep keys in the order the protocol lists them, as a portal's JSON has them.
+    portal_app.json.sort_keys = False
+    portal_app.extensions["sandbox"] = state
+
+    from b24app.sandbox import oauth, rest
+
+    portal_app.register_blueprint(oauth.bp)
+    portal_app.register_blueprint(rest.bp)
+
+    @portal_app.errorhandler(Exception)
+    def answer_error(error):
+        """Answer any failure in the portal's own envelope, never with a stack trace."""
+        if isinstance(error, HTTPException):
+            status, description = error.code, error.description
+        else:
+            log.exception("Sandbox portal failed on %s %s", request.method, request.path)
+            status, description = 500, "Internal server error"
+        if request.path.startswith(("/rest/", "/oauth-server/")):
+            code = {404: "ERROR_METHOD_NOT_FOUND", 405: "INVALID_REQUEST"}.get(
+                status, "INTERNAL_SERVER_ERROR" if status >= 500 else "INVALID_REQUEST"
+            )
+            response = jsonify(error=code, error_description=description)
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            return response, status
+        return description, status, {"Content-Type": "text/plain; charset=utf-8"}
+
+    return portal_app
 
 
 def mount(app):
     """Serve the sandbox portal from ``app`` for requests addressed to ``SANDBOX_URL``."""
-    # Not handled yet: the sandbox portal is being built.
+    state = SandboxState(app.config)
+    portal_app = create_portal_app(app, state)
+    app.extensions["sandbox"] = state
+    app.extensions["sandbox_portal_app"] = portal_app
+
+    parts = urlsplit(app.config["SANDBOX_URL"])
+    sandbox_host = normalize_host(parts.netloc, parts.scheme)
+    app.wsgi_app = HostDispatcher(app.wsgi_app, portal_app.wsgi_app, sandbox_host)
+
+    # The protocol puts tokens and the client secret in URLs; keep them out of request logs.
+    werkzeug_log = logging.getLogger("werkzeug")
+    if not any(isinstance(existing, RedactSecrets) for existing in werkzeug_log.filters):
+        werkzeug_log.addFilter(RedactSecrets())
+    return state

@@ -1,0 +1,77 @@
+"""Delivery of REST events (ONAPPINSTALL, ONAPPUNINSTALL) to the handlers an app bound.
+
+A portal queues events and POSTs them later, form-encoded with bracketed keys, once, without
+retries; the sandbox does the same from a background thread.
+"""
+
+import ipaddress
+import logging
+import threading
+from urllib.parse import urlsplit
+
+import requests
+
+from b24app.bitrix import forms
+
+log = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT = 10.0
+
+
+def is_loopback(url):
+    """Return whether ``url`` points at this machine by a loopback IP address."""
+    host = urlsplit(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def post_in_background(delivery, record):
+    """POST ``delivery.payload`` to ``delivery.url`` in a new thread, then ``record(delivery)``.
+
+    :param delivery: an ``EventDelivery``; its ``status`` or ``error`` is filled in.
+    :param record: called with the delivery once it is done, whatever the outcome.
+    """
+    thread = threading.Thread(
+        target=_post, args=(delivery, record), name="sandbox-event", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _post(delivery, record):
+    try:
+        if not is_loopback(delivery.url):
+            # The sandbox never sends traffic off this machine.
+            delivery.error = "not delivered: the sandbox only posts events to loopback addresses"
+        else:
+            response = requests.post(
+                delivery.url,
+                data=forms.encode(delivery.payload),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                timeout=DELIVERY_TIMEOUT,
+                allow_redirects=False,
+            )
+            delivery.status = response.status_code
+    except requests.RequestException as error:
+        delivery.error = f"{type(error).__name__}: {error}"
+    except Exception as error:  # A failed delivery must never take the portal down.
+        delivery.error = f"{type(error).__name__}: {error}"
+    if delivery.error:
+        log.warning(
+            "Event %s for portal %s to %s failed: %s",
+            delivery.event,
+            delivery.member_id,
+            urlsplit(delivery.url).netloc,
+            delivery.error,
+        )
+    else:
+        log.info(
+            "Event %s for portal %s to %s answered %s",
+            delivery.event,
+            delivery.member_id,
+            urlsplit(delivery.url).netloc,
+            delivery.status,
+        )
+    record(delivery)

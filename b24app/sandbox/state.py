@@ -1,0 +1,816 @@
+"""The sandbox's memory: portals, users, OAuth tokens, push channels, and what happened.
+
+Everything lives in one :class:`SandboxState` guarded by one lock, because the portal pages,
+the REST API, the OAuth server and every push socket run in threads of their own. Tests arrange
+and inspect a scenario through the same methods the portal pages use.
+"""
+
+import itertools
+import json
+import queue
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlencode, urlsplit
+
+from b24app.sandbox import events
+
+APP_NAME = "Ping app"
+APP_STATUS = "L"
+APP_SCOPE = "placement,pull"
+APP_VERSION = 1
+LANGUAGE_ID = "en"
+
+# Push channels live 12 hours and a pull config 24 hours, as on a cloud portal.
+CHANNEL_LIFETIME = 12 * 3600
+PULL_CONFIG_LIFETIME = 24 * 3600
+# The push server accepts messages up to this size and silently drops larger ones.
+PUSH_PAYLOAD_LIMIT = 1024 * 1024
+
+SHARED_CHANNEL = 0
+
+
+class ProtocolError(Exception):
+    """A request the portal refuses, answered as ``{"error", "error_description"}``."""
+
+    def __init__(self, status, error, description):
+        super().__init__(f"{error}: {description}")
+        self.status = status
+        self.error = error
+        self.description = description
+
+    def as_json(self):
+        """Return the protocol's error envelope."""
+        return {"error": self.error, "error_description": self.description}
+
+
+class SandboxError(ValueError):
+    """The sandbox was asked for something a portal would not do (unknown portal, non-admin)."""
+
+
+def iso_time(timestamp):
+    """Return a unix time as ISO 8601 in UTC with an explicit offset, as portals write dates."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class User:
+    """A portal user; user 1 is the administrator."""
+
+    id: int
+    name: str
+    last_name: str
+    gender: str
+    admin: bool
+
+
+@dataclass
+class Channel:
+    """A push channel: one shared per portal, one private per portal user."""
+
+    id: str
+    member_id: str
+    type: str
+    user_id: int
+    start: float
+    end: float
+    public_id: str = ""
+
+    def describe(self):
+        """Return the channel as ``pull.application.config.get`` lists it."""
+        described = {"id": self.id, "start": iso_time(self.start), "end": iso_time(self.end)}
+        if self.public_id:
+            described["public_id"] = self.public_id
+        described["type"] = self.type
+        return described
+
+
+@dataclass
+class EventHandler:
+    """A handler URL bound with ``event.bind``."""
+
+    id: int
+    event: str
+    handler: str
+    auth_type: int
+    user_id: int
+
+
+@dataclass
+class Portal:
+    """A sandbox portal with the registered local app on it.
+
+    ``installed`` is the app's INSTALLED flag; ``application_token`` belongs to the current
+    installation and is replaced when the app is uninstalled.
+    """
+
+    member_id: str
+    app_id: int
+    created_at: float
+    application_token: str
+    users: dict
+    installed: bool = False
+    uninstalled: bool = False
+    install_count: int = 0
+    handlers: list = field(default_factory=list)
+
+    @property
+    def app_state(self):
+        """Return ``installed``, ``not_installed`` or ``uninstalled`` for the portal page."""
+        if self.installed:
+            return "installed"
+        return "uninstalled" if self.uninstalled else "not_installed"
+
+
+@dataclass
+class Token:
+    """One link of an OAuth chain: an access token and the refresh token issued with it."""
+
+    access_token: str
+    refresh_token: str
+    member_id: str
+    user_id: int
+    access_expires: float
+    refresh_expires: float
+    # Set when a refresh used this link up, or when the app was uninstalled.
+    revoked: bool = False
+    uninstalled: bool = False
+
+    @property
+    def expires_in(self):
+        """Return the access token's lifetime in whole seconds from now (at least 0)."""
+        return max(0, int(self.access_expires - time.time()))
+
+
+@dataclass
+class FrameLaunch:
+    """What a portal page does to open the app in its frame: a form POST into a named iframe.
+
+    ``url`` already carries ``DOMAIN``, ``PROTOCOL``, ``LANG`` and ``APP_SID``; ``form`` is the
+    POST body; ``iframe_name`` is ``DOMAIN|PROTOCOL|APP_SID``; ``init_data`` is the reply the
+    parent gives to the frame's ``getInitData``.
+    """
+
+    member_id: str
+    user_id: int
+    app_sid: str
+    install: bool
+    url: str
+    form: dict
+    iframe_name: str
+    init_data: dict
+    app_origin: str
+
+    def as_json(self):
+        """Return the launch for the portal page's script."""
+        return {
+            "member_id": self.member_id,
+            "user_id": self.user_id,
+            "app_sid": self.app_sid,
+            "install": self.install,
+            "url": self.url,
+            "form": self.form,
+            "iframe_name": self.iframe_name,
+            "init_data": self.init_data,
+            "app_origin": self.app_origin,
+        }
+
+
+@dataclass
+class PushedMessage:
+    """A record of one message the push server sent on one channel."""
+
+    member_id: str
+    channel: str
+    channel_type: str
+    user_id: int
+    module_id: str
+    command: str
+    params: object
+    mid: str
+    delivered_to: int
+
+
+@dataclass
+class EventDelivery:
+    """A record of one event POSTed to a bound handler (``status`` or ``error`` is set)."""
+
+    member_id: str
+    event: str
+    url: str
+    event_handler_id: int
+    payload: dict
+    status: int | None = None
+    error: str | None = None
+
+
+class Subscriber:
+    """A push socket's subscription: the channels it listens on and its outgoing queue."""
+
+    def __init__(self, member_id, channel_ids):
+        self.member_id = member_id
+        self.channel_ids = tuple(channel_ids)
+        self.outbox = queue.Queue()
+
+
+class SandboxState:
+    """All sandbox portals and everything the tests may arrange or inspect.
+
+    Records for tests: ``pushed_messages`` (list of :class:`PushedMessage`),
+    ``event_deliveries`` (list of :class:`EventDelivery`), ``refresh_count`` (completed OAuth
+    refreshes, all portals) and ``refresh_counts`` (by ``member_id``).
+    """
+
+    def __init__(self, config):
+        """Read the sandbox's settings from the app's ``config``."""
+        self.sandbox_url = config["SANDBOX_URL"].rstrip("/")
+        self.public_url = config["PUBLIC_URL"].rstrip("/")
+        self.client_id = config["B24_CLIENT_ID"]
+        self.client_secret = config["B24_CLIENT_SECRET"]
+        self.access_lifetime = float(config.get("SANDBOX_ACCESS_TOKEN_LIFETIME", 3600))
+        self.refresh_lifetime = float(config.get("SANDBOX_REFRESH_TOKEN_LIFETIME", 180 * 86400))
+
+        parts = urlsplit(self.sandbox_url)
+        self.https = parts.scheme == "https"
+        self.domain = parts.netloc
+        self.client_endpoint = self.sandbox_url + "/rest/"
+        self.oauth_url = self.sandbox_url + "/oauth-server"
+        self.server_endpoint = self.oauth_url + "/rest/"
+        self.handler_url = self.public_url + "/app"
+        self.install_url = self.public_url + "/install"
+        app_parts = urlsplit(self.handler_url)
+        self.app_origin = f"{app_parts.scheme}://{app_parts.netloc}"
+        self.started_at = int(time.time())
+
+        self._lock = threading.RLock()
+        self._delivered = threading.Condition(self._lock)
+        self._portals = {}
+        self._app_ids = itertools.count(1)
+        self._handler_ids = itertools.count(1)
+        self._by_access = {}
+        self._by_refresh = {}
+        self._launches = {}
+        self._channels = {}
+        self._shared_channels = {}
+        self._private_channels = {}
+        self._subscribers = set()
+        self.pushed_messages = []
+        self.event_deliveries = []
+        self.refresh_counts = {}
+
+    # Portals and users.
+
+    def create_portal(self):
+        """Create a portal with users 1 (admin) and 2 and the app registered, not installed.
+
+        :return: the new :class:`Portal`; its ``member_id`` is 32 hex digits.
+        """
+        users = {
+            1: User(1, "Anna", "Admin", "F", True),
+            2: User(2, "Nick", "User", "M", False),
+        }
+        with self._lock:
+            portal = Portal(
+                member_id=secrets.token_hex(16),
+                app_id=next(self._app_ids),
+                created_at=time.time(),
+                application_token=secrets.token_hex(16),
+                users=users,
+            )
+            self._portals[portal.member_id] = portal
+        return portal
+
+    @property
+    def portals(self):
+        """Return all portals, oldest first."""
+        with self._lock:
+            return sorted(self._portals.values(), key=lambda portal: portal.created_at)
+
+    def get_portal(self, member_id):
+        """Return the portal with ``member_id``.
+
+        :raise SandboxError: when there is no such portal.
+        """
+        with self._lock:
+            portal = self._portals.get(member_id)
+        if portal is None:
+            raise SandboxError(f"No sandbox portal has member_id {member_id!r}.")
+        return portal
+
+    def get_user(self, member_id, user_id):
+        """Return user ``user_id`` of the portal.
+
+        :raise SandboxError: when the portal or the user does not exist.
+        """
+        portal = self.get_portal(member_id)
+        try:
+            user = portal.users.get(int(user_id))
+        except (TypeError, ValueError):
+            user = None
+        if user is None:
+            raise SandboxError(f"Portal {member_id} has no user {user_id!r}.")
+        return user
+
+    # OAuth tokens.
+
+    def issue_tokens(self, member_id, user_id):
+        """Start a new OAuth chain for a user and return its first :class:`Token`."""
+        self.get_user(member_id, user_id)
+        now = time.time()
+        token = Token(
+            access_token=secrets.token_hex(35),
+            refresh_token=secrets.token_hex(35),
+            member_id=member_id,
+            user_id=int(user_id),
+            access_expires=now + self.access_lifetime,
+            refresh_expires=now + self.refresh_lifetime,
+        )
+        with self._lock:
+            self._by_access[token.access_token] = token
+            self._by_refresh[token.refresh_token] = token
+        return token
+
+    def refresh(self, client_id, client_secret, refresh_token):
+        """Use up ``refresh_token`` and return the next :class:`Token` of its chain.
+
+        The used refresh token and the access token issued with it stop working; other chains
+        are untouched.
+
+        :raise ProtocolError: ``invalid_client``, ``invalid_grant`` or ``NOT_INSTALLED``.
+        """
+        if not (
+            secrets.compare_digest(str(client_id), self.client_id)
+            and secrets.compare_digest(str(client_secret), self.client_secret or "")
+        ):
+            raise ProtocolError(401, "invalid_client", "Invalid client credentials")
+        with self._lock:
+            old = self._by_refresh.get(refresh_token)
+            if old is not None and old.uninstalled:
+                raise ProtocolError(401, "NOT_INSTALLED", "Application not installed")
+            if old is None or old.revoked or old.refresh_expires <= time.time():
+                raise ProtocolError(400, "invalid_grant", "Invalid grant")
+            old.revoked = True
+            self._by_access.pop(old.access_token, None)
+            new = self.issue_tokens(old.member_id, old.user_id)
+            self.refresh_counts[old.member_id] = self.refresh_counts.get(old.member_id, 0) + 1
+        return new
+
+    @property
+    def refresh_count(self):
+        """Return how many OAuth refreshes completed, over all portals."""
+        with self._lock:
+            return sum(self.refresh_counts.values())
+
+    def find_token(self, access_token):
+        """Return the live or expired :class:`Token` for ``access_token``, or None if unknown."""
+        if not isinstance(access_token, str) or not access_token:
+            return None
+        with self._lock:
+            token = self._by_access.get(access_token)
+        if token is None or token.revoked or token.uninstalled:
+            return None
+        return token
+
+    def expire_access_tokens(self, member_id):
+        """Make every access token issued on the portal expired (refresh tokens stay valid)."""
+        self.get_portal(member_id)
+        past = time.time() - 1
+        with self._lock:
+            for token in self._by_access.values():
+                if token.member_id == member_id:
+                    token.access_expires = past
+
+    def token_response(self, token):
+        """Return the OAuth server's JSON for a freshly issued ``token``."""
+        return {
+            "access_token": token.access_token,
+            "client_endpoint": self.client_endpoint,
+            "domain": urlsplit(self.oauth_url).netloc,
+            "expires": int(token.access_expires),
+            "expires_in": int(self.access_lifetime),
+            "member_id": token.member_id,
+            "refresh_token": token.refresh_token,
+            "scope": APP_SCOPE,
+            "server_endpoint": self.server_endpoint,
+            "status": APP_STATUS,
+            "user_id": token.user_id,
+        }
+
+    # The frame and the app's lifecycle.
+
+    def frame_launch(
+        self, member_id, user_id=1, placement="DEFAULT", placement_options=None, install=None
+    ):
+        """Issue fresh tokens for the user and return the :class:`FrameLaunch` to perform.
+
+        :param install: True for the initial installation path, False for the handler path,
+            None to pick the installation path while the app is not installed.
+        :raise SandboxError: for an unknown portal or user, a non-admin opening an app that is
+            not installed, or placement options that are not a JSON object.
+        """
+        portal = self.get_portal(member_id)
+        user = self.get_user(member_id, user_id)
+        if install is None:
+            install = not portal.installed
+        if not portal.installed and not user.admin:
+            raise SandboxError(
+                "The application is not fully installed yet; an administrator must finish it."
+            )
+        if install and not user.admin:
+            raise SandboxError("Only an administrator can install the application.")
+        options = placement_options or {}
+        if isinstance(options, str):
+            try:
+                options = json.loads(options)
+            except ValueError:
+                raise SandboxError("PLACEMENT_OPTIONS must be a JSON object.") from None
+        if not isinstance(options, dict):
+            raise SandboxError("PLACEMENT_OPTIONS must be a JSON object.")
+        placement = str(placement or "DEFAULT").upper()
+
+        token = self.issue_tokens(member_id, user.id)
+        app_sid = secrets.token_hex(16)
+        protocol = 1 if self.https else 0
+        target = self.install_url if install else self.handler_url
+        query = urlencode(
+            {"DOMAIN": self.domain, "PROTOCOL": protocol, "LANG": LANGUAGE_ID, "APP_SID": app_sid}
+        )
+        form = {
+            "AUTH_ID": token.access_token,
+            "AUTH_EXPIRES": str(int(self.access_lifetime)),
+            "REFRESH_ID": token.refresh_token,
+            "SERVER_ENDPOINT": self.server_endpoint,
+            "APPLICATION_TOKEN": portal.application_token,
+            "APPLICATION_SCOPE": APP_SCOPE,
+            "member_id": member_id,
+            "status": APP_STATUS,
+            "PLACEMENT": placement,
+        }
+        if options:
+            form["PLACEMENT_OPTIONS"] = json.dumps(options)
+        init_data = {
+            "DOMAIN": self.domain,
+            "PROTOCOL": protocol,
+            "PATH": urlsplit(target).path,
+            "LANG": LANGUAGE_ID,
+            "AUTH_ID": token.access_token,
+            "AUTH_EXPIRES": str(int(self.access_lifetime)),
+            "REFRESH_ID": token.refresh_token,
+            "MEMBER_ID": member_id,
+            # Not verified against a live portal: the first run is taken to be the install run.
+            "FIRST_RUN": bool(install),
+            "IS_ADMIN": user.admin,
+            "INSTALL": bool(install),
+            "USER_OPTIONS": {},
+            "APP_OPTIONS": {},
+            "PLACEMENT": placement,
+            "PLACEMENT_OPTIONS": options,
+        }
+        launch = FrameLaunch(
+            member_id=member_id,
+            user_id=user.id,
+            app_sid=app_sid,
+            install=bool(install),
+            url=f"{target}{'&' if '?' in target else '?'}{query}",
+            form=form,
+            iframe_name=f"{self.domain}|{protocol}|{app_sid}",
+            init_data=init_data,
+            app_origin=self.app_origin,
+        )
+        with self._lock:
+            self._launches[app_sid] = launch
+        return launch
+
+    def find_launch(self, app_sid):
+        """Return the :class:`FrameLaunch` with ``app_sid``, or None."""
+        with self._lock:
+            return self._launches.get(app_sid)
+
+    def refresh_frame_auth(self, member_id, user_id):
+        """Issue fresh tokens for a frame's ``refreshAuth`` and return them as the frame wants."""
+        token = self.issue_tokens(member_id, user_id)
+        return {
+            "AUTH_ID": token.access_token,
+            "REFRESH_ID": token.refresh_token,
+            "AUTH_EXPIRES": str(int(self.access_lifetime)),
+        }
+
+    def finish_install(self, member_id, user_id=1):
+        """Mark the app installed, as ``setInstallFinish`` does, and send ONAPPINSTALL.
+
+        :raise SandboxError: for an unknown portal or user, or a user who is not an admin.
+        """
+        portal = self.get_portal(member_id)
+        user = self.get_user(member_id, user_id)
+        if not user.admin:
+            raise SandboxError("Only an administrator can finish the installation.")
+        with self._lock:
+            portal.installed = True
+            portal.uninstalled = False
+            portal.install_count += 1
+            handlers = [h for h in portal.handlers if h.event == "ONAPPINSTALL"]
+        for handler in handlers:
+            # A chain per handler: one handler's refresh must not break another's tokens.
+            token = self.issue_tokens(member_id, user.id)
+            payload = {
+                "event": "ONAPPINSTALL",
+                "event_handler_id": handler.id,
+                "data": {
+                    "VERSION": APP_VERSION,
+                    "ACTIVE": "Y",
+                    "INSTALLED": "Y",
+                    "LANGUAGE_ID": LANGUAGE_ID,
+                },
+                "ts": int(time.time()),
+                "auth": {
+                    "access_token": token.access_token,
+                    "expires": int(token.access_expires),
+                    "expires_in": int(self.access_lifetime),
+                    "scope": APP_SCOPE,
+                    "domain": self.domain,
+                    "server_endpoint": self.server_endpoint,
+                    "status": APP_STATUS,
+                    "client_endpoint": self.client_endpoint,
+                    "member_id": member_id,
+                    "user_id": user.id,
+                    "refresh_token": token.refresh_token,
+                    "application_token": portal.application_token,
+                },
+            }
+            self._deliver(member_id, handler, payload)
+        return portal
+
+    def uninstall(self, member_id, clean=False):
+        """Remove the app: revoke its tokens, drop its handlers and send ONAPPUNINSTALL.
+
+        The next installation gets a new ``application_token``.
+
+        :param clean: whether the admin ticked "delete app data" (``data[CLEAN]``).
+        """
+        portal = self.get_portal(member_id)
+        with self._lock:
+            handlers = [h for h in portal.handlers if h.event == "ONAPPUNINSTALL"]
+            application_token = portal.application_token
+            portal.installed = False
+            portal.uninstalled = True
+            portal.handlers = []
+            portal.application_token = secrets.token_hex(16)
+            for token in self._by_refresh.values():
+                if token.member_id == member_id:
+                    token.uninstalled = True
+        for handler in handlers:
+            payload = {
+                "event": "ONAPPUNINSTALL",
+                "event_handler_id": handler.id,
+                "data": {"LANGUAGE_ID": LANGUAGE_ID, "CLEAN": 1 if clean else 0},
+                "ts": int(time.time()),
+                "auth": {
+                    "domain": self.domain,
+                    "server_endpoint": self.server_endpoint,
+                    "client_endpoint": self.client_endpoint,
+                    "member_id": member_id,
+                    "application_token": application_token,
+                },
+            }
+            self._deliver(member_id, handler, payload)
+        return portal
+
+    # Event handlers.
+
+    def bind_event(self, member_id, event, handler, auth_type, user_id):
+        """Bind ``handler`` to ``event`` (already validated) and return the new handler.
+
+        :raise ProtocolError: ``ERROR_CORE`` when the same event and handler are bound already.
+        """
+        portal = self.get_portal(member_id)
+        with self._lock:
+            for bound in portal.handlers:
+                if bound.event == event and bound.handler == handler:
+                    raise ProtocolError(
+                        400,
+                        "ERROR_CORE",
+                        "Unable to set event handler: Handler already binded",
+                    )
+            bound = EventHandler(next(self._handler_ids), event, handler, auth_type, user_id)
+            portal.handlers.append(bound)
+        return bound
+
+    def unbind_event(self, member_id, event, handler=None, auth_type=None):
+        """Remove the matching handlers of ``event`` and return how many were removed."""
+        portal = self.get_portal(member_id)
+        with self._lock:
+            kept = [
+                bound
+                for bound in portal.handlers
+                if not (
+                    bound.event == event
+                    and (handler is None or bound.handler == handler)
+                    and (auth_type is None or bound.auth_type == auth_type)
+                )
+            ]
+            removed = len(portal.handlers) - len(kept)
+            portal.handlers = kept
+        return removed
+
+    def bound_events(self, member_id):
+        """Return the portal's bound handlers, oldest first."""
+        portal = self.get_portal(member_id)
+        with self._lock:
+            return list(portal.handlers)
+
+    def _deliver(self, member_id, handler, payload):
+        delivery = EventDelivery(
+            member_id=member_id,
+            event=payload["event"],
+            url=handler.handler,
+            event_handler_id=handler.id,
+            payload=payload,
+        )
+        events.post_in_background(delivery, self._record_delivery)
+
+    def _record_delivery(self, delivery):
+        with self._delivered:
+            self.event_deliveries.append(delivery)
+            self._delivered.notify_all()
+
+    def wait_for_event_deliveries(self, count, timeout=5.0):
+        """Wait until at least ``count`` deliveries are recorded and return them all."""
+        deadline = time.monotonic() + timeout
+        with self._delivered:
+            while len(self.event_deliveries) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._delivered.wait(left)
+            return list(self.event_deliveries)
+
+    # Push channels.
+
+    def _live_channel(self, current, member_id, channel_type, user_id):
+        now = time.time()
+        if current is not None and current.end > now:
+            return current
+        channel = Channel(
+            id=secrets.token_hex(16),
+            member_id=member_id,
+            type=channel_type,
+            user_id=user_id,
+            start=now,
+            end=now + CHANNEL_LIFETIME,
+            public_id=secrets.token_hex(16) if channel_type == "private" else "",
+        )
+        self._channels[channel.id] = channel
+        return channel
+
+    def shared_channel(self, member_id):
+        """Return the portal's live shared channel, opening a new one when it expired."""
+        self.get_portal(member_id)
+        with self._lock:
+            channel = self._live_channel(
+                self._shared_channels.get(member_id), member_id, "shared", SHARED_CHANNEL
+            )
+            self._shared_channels[member_id] = channel
+        return channel
+
+    def private_channel(self, member_id, user_id):
+        """Return the user's live private channel, opening a new one when it expired."""
+        user = self.get_user(member_id, user_id)
+        key = (member_id, user.id)
+        with self._lock:
+            channel = self._live_channel(
+                self._private_channels.get(key), member_id, "private", user.id
+            )
+            self._private_channels[key] = channel
+        return channel
+
+    def pull_config(self, member_id, user_id):
+        """Return the ``pull.application.config.get`` result for a user (protocol version 5)."""
+        private = self.private_channel(member_id, user_id)
+        shared = self.shared_channel(member_id)
+        now = time.time()
+        scheme = "wss" if self.https else "ws"
+        http_scheme = "https" if self.https else "http"
+        return {
+            "server": {
+                "version": 5,
+                "server_enabled": True,
+                "mode": "personal",
+                "hostname": self.domain,
+                "long_polling": f"{http_scheme}://{self.domain}/sub/",
+                "long_pooling_secure": f"{http_scheme}://{self.domain}/sub/",
+                "websocket_enabled": True,
+                "websocket": f"{scheme}://{self.domain}/subws/",
+                "websocket_secure": f"{scheme}://{self.domain}/subws/",
+                "publish_enabled": False,
+                "publish": "",
+                "publish_secure": "",
+                "config_timestamp": self.started_at,
+            },
+            "api": {"revision_web": 19, "revision_mobile": 3},
+            "channels": {"private": private.describe(), "shared": shared.describe()},
+            "exp": int(now + PULL_CONFIG_LIFETIME),
+            "publicChannels": {
+                str(private.user_id): {
+                    "user_id": private.user_id,
+                    "public_id": private.public_id,
+                    "signature": secrets.token_hex(20),
+                    "start": iso_time(private.start),
+                    "end": iso_time(private.end),
+                }
+            },
+            "serverTime": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+        }
+
+    def subscribe(self, channel_ids):
+        """Register a push socket for ``channel_ids`` and return its :class:`Subscriber`.
+
+        :raise SandboxError: when a channel is unknown or expired, or the ids span portals.
+        """
+        now = time.time()
+        with self._lock:
+            channels = [self._channels.get(channel_id) for channel_id in channel_ids]
+            if not channels or any(c is None or c.end <= now for c in channels):
+                raise SandboxError("Wrong channel id")
+            members = {channel.member_id for channel in channels}
+            if len(members) != 1:
+                raise SandboxError("Wrong channel id")
+            subscriber = Subscriber(members.pop(), channel_ids)
+            self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber):
+        """Forget a push socket that closed."""
+        with self._lock:
+            self._subscribers.discard(subscriber)
+
+    def push(self, member_id, user_ids, module_id, command, params):
+        """Send one ``incoming.message`` per target channel to every socket listening on it.
+
+        :param user_ids: the users whose private channels get it; empty means the shared
+            channel, and user id 0 stands for the shared channel too.
+        :return: the :class:`PushedMessage` records, one per channel.
+        """
+        portal = self.get_portal(member_id)
+        targets = []
+        for user_id in dict.fromkeys(user_ids or [SHARED_CHANNEL]):
+            if user_id == SHARED_CHANNEL:
+                targets.append(self.shared_channel(member_id))
+            elif user_id in portal.users:
+                targets.append(self.private_channel(member_id, user_id))
+            # Users the portal does not have have no channel; the message goes nowhere.
+
+        oversized = len(json.dumps(params)) > PUSH_PAYLOAD_LIMIT
+        records = []
+        now = time.time()
+        for channel in targets:
+            mid = uuid.uuid4().hex
+            frame = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "incoming.message",
+                    "params": {
+                        "mid": mid,
+                        "body": {
+                            "module_id": module_id,
+                            "command": command,
+                            "params": params,
+                            "extra": {
+                                "server_time": iso_time(now),
+                                "server_time_unix": round(now, 3),
+                                "server_name": self.domain,
+                                "revision_web": 19,
+                                "revision_mobile": 3,
+                            },
+                        },
+                        "sender": {"type": 2},
+                    },
+                }
+            )
+            with self._lock:
+                listeners = [
+                    subscriber
+                    for subscriber in self._subscribers
+                    if channel.id in subscriber.channel_ids
+                ]
+                # A payload over the limit is accepted by REST and then dropped, as on a portal.
+                if oversized:
+                    listeners = []
+                for subscriber in listeners:
+                    subscriber.outbox.put(frame)
+                record = PushedMessage(
+                    member_id=member_id,
+                    channel=channel.id,
+                    channel_type=channel.type,
+                    user_id=channel.user_id,
+                    module_id=module_id,
+                    command=command,
+                    params=params,
+                    mid=mid,
+                    delivered_to=len(listeners),
+                )
+                self.pushed_messages.append(record)
+            records.append(record)
+        return records
