@@ -5,6 +5,7 @@ import {
   callPortal,
   createLogger,
   describeError,
+  ensureLocalStorage,
   initializeFrame,
   readPageConfig,
   setState,
@@ -160,6 +161,9 @@ async function start() {
     window.B24Js.useB24Helper();
   await initB24Helper(b24);
 
+  if (!ensureLocalStorage()) {
+    await logger.notice('localStorage is blocked here; the Pull client keeps its cache in memory');
+  }
   // The scheduler sends with exactly this module id, so the subscription must match it.
   usePullClient();
   useSubscribePullClient(receiveMessage, config.moduleId);

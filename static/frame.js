@@ -57,9 +57,46 @@ export function initializeFrame(timeoutMs = INIT_TIMEOUT_MS) {
 export function describeError(error) {
   if (error && typeof error === 'object') {
     const message = error.message || String(error);
-    return error.code && !message.includes(error.code) ? `${error.code}: ${message}` : message;
+    // SDK errors carry a string code; a DOMException's numeric legacy code means nothing.
+    const code = typeof error.code === 'string' ? error.code : '';
+    return code && !message.includes(code) ? `${code}: ${message}` : message;
   }
   return String(error);
+}
+
+/**
+ * Give the SDK an in-memory localStorage when the browser denies the real one.
+ *
+ * Browsers that block third-party storage (private windows, strict privacy settings) refuse
+ * localStorage to an app framed by a portal on another site, and the SDK's Pull client then
+ * throws on start. It keeps only a config cache and a short-lived session there, which a page
+ * can live without.
+ *
+ * @returns {boolean} true when the real localStorage works.
+ */
+export function ensureLocalStorage() {
+  try {
+    window.localStorage.getItem('b24app-probe');
+    return true;
+  } catch {
+    const items = new Map();
+    const memoryStorage = {
+      get length() {
+        return items.size;
+      },
+      key: (index) => Array.from(items.keys())[index] ?? null,
+      getItem: (key) => items.get(String(key)) ?? null,
+      setItem: (key, value) => {
+        items.set(String(key), String(value));
+      },
+      removeItem: (key) => {
+        items.delete(String(key));
+      },
+      clear: () => items.clear(),
+    };
+    Object.defineProperty(window, 'localStorage', { value: memoryStorage, configurable: true });
+    return false;
+  }
 }
 
 /**
