@@ -45,19 +45,30 @@ class RedactSecrets(logging.Filter):
 
 
 class HostDispatcher:
-    """Send requests for the sandbox's host to the portal app and all others to the app."""
+    """Send requests for the sandbox's host to the portal app and all others to the app.
 
-    def __init__(self, app_wsgi, portal_wsgi, sandbox_host):
+    :param sandbox_host: ``host[:port]`` of ``SANDBOX_URL``, normalized.
+    :param app_host: ``host[:port]`` of ``PUBLIC_URL``, normalized.
+    """
+
+    def __init__(self, app_wsgi, portal_wsgi, sandbox_host, app_host):
         self.app_wsgi = app_wsgi
         self.portal_wsgi = portal_wsgi
         self.sandbox_host = sandbox_host
+        self.sandbox_hostname = sandbox_host.rsplit(":", 1)[0]
+        # Some WebSocket clients (simple_websocket's) send the Host without its port; such a
+        # Host still names the sandbox when the app lives on another host name.
+        self.bare_host_is_sandbox = self.sandbox_hostname != app_host.rsplit(":", 1)[0]
 
     def __call__(self, environ, start_response):
         """Dispatch one WSGI request by its Host header."""
         host = environ.get("HTTP_HOST") or "{}:{}".format(
             environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", "")
         )
-        if normalize_host(host, environ.get("wsgi.url_scheme", "http")) == self.sandbox_host:
+        host = normalize_host(host, environ.get("wsgi.url_scheme", "http"))
+        if host == self.sandbox_host or (
+            self.bare_host_is_sandbox and host == self.sandbox_hostname
+        ):
             return self.portal_wsgi(environ, start_response)
         return self.app_wsgi(environ, start_response)
 
@@ -86,10 +97,12 @@ def create_portal_app(app, state):
     portal_app.json.sort_keys = False
     portal_app.extensions["sandbox"] = state
 
-    from b24app.sandbox import oauth, rest
+    from b24app.sandbox import oauth, portal, push, rest
 
+    portal_app.register_blueprint(portal.bp)
     portal_app.register_blueprint(oauth.bp)
     portal_app.register_blueprint(rest.bp)
+    push.init_app(portal_app)
 
     @portal_app.errorhandler(Exception)
     def answer_error(error):
@@ -118,9 +131,14 @@ def mount(app):
     app.extensions["sandbox"] = state
     app.extensions["sandbox_portal_app"] = portal_app
 
-    parts = urlsplit(app.config["SANDBOX_URL"])
-    sandbox_host = normalize_host(parts.netloc, parts.scheme)
-    app.wsgi_app = HostDispatcher(app.wsgi_app, portal_app.wsgi_app, sandbox_host)
+    sandbox_parts = urlsplit(app.config["SANDBOX_URL"])
+    app_parts = urlsplit(app.config["PUBLIC_URL"])
+    app.wsgi_app = HostDispatcher(
+        app.wsgi_app,
+        portal_app.wsgi_app,
+        normalize_host(sandbox_parts.netloc, sandbox_parts.scheme),
+        normalize_host(app_parts.netloc, app_parts.scheme),
+    )
 
     # The protocol puts tokens and the client secret in URLs; keep them out of request logs.
     werkzeug_log = logging.getLogger("werkzeug")

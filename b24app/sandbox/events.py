@@ -28,7 +28,7 @@ def is_loopback(url):
 
 
 def post_in_background(delivery, record):
-    """POST ``delivery.payload`` to ``delivery.url`` in a new thread, then ``record(delivery)``.
+    """POST the delivery's payload to its handler in a new thread, then ``record(delivery)``.
 
     :param delivery: an ``EventDelivery``; its ``status`` or ``error`` is filled in.
     :param record: called with the delivery once it is done, whatever the outcome.
@@ -42,12 +42,12 @@ def post_in_background(delivery, record):
 
 def _post(delivery, record):
     try:
-        if not is_loopback(delivery.url):
+        if not is_loopback(delivery.handler):
             # The sandbox never sends traffic off this machine.
             delivery.error = "not delivered: the sandbox only posts events to loopback addresses"
         else:
             response = requests.post(
-                delivery.url,
+                delivery.handler,
                 data=forms.encode(delivery.payload),
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
                 timeout=DELIVERY_TIMEOUT,
@@ -63,7 +63,7 @@ def _post(delivery, record):
             "Event %s for portal %s to %s failed: %s",
             delivery.event,
             delivery.member_id,
-            urlsplit(delivery.url).netloc,
+            urlsplit(delivery.handler).netloc,
             delivery.error,
         )
     else:
@@ -71,7 +71,7 @@ def _post(delivery, record):
             "Event %s for portal %s to %s answered %s",
             delivery.event,
             delivery.member_id,
-            urlsplit(delivery.url).netloc,
+            urlsplit(delivery.handler).netloc,
             delivery.status,
         )
     record(delivery)

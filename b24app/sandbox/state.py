@@ -200,11 +200,16 @@ class EventDelivery:
 
     member_id: str
     event: str
-    url: str
+    handler: str
     event_handler_id: int
     payload: dict
     status: int | None = None
     error: str | None = None
+
+    @property
+    def url(self):
+        """Return the handler URL the event was posted to."""
+        return self.handler
 
 
 class Subscriber:
@@ -625,7 +630,7 @@ class SandboxState:
         delivery = EventDelivery(
             member_id=member_id,
             event=payload["event"],
-            url=handler.handler,
+            handler=handler.handler,
             event_handler_id=handler.id,
             payload=payload,
         )
