@@ -1,6 +1,7 @@
 """The sandbox's OAuth server: refresh rotation and app.info by token."""
 
 import pytest
+import requests
 
 TIME_KEYS = {
     "start",
@@ -254,3 +255,33 @@ def test_app_requests_do_not_reach_the_sandbox(client, app):
     response = client.get("/oauth-server/oauth/token/", base_url=app.config["PUBLIC_URL"])
 
     assert response.status_code == 404
+
+
+def test_request_log_hides_secrets(live_server, caplog):
+    sandbox = live_server.sandbox
+    portal = sandbox.create_portal()
+    launch = sandbox.frame_launch(portal.member_id)
+    caplog.set_level("INFO", logger="werkzeug")
+
+    response = requests.get(
+        f"{live_server.sandbox_url}/oauth-server/oauth/token/",
+        params={
+            "grant_type": "refresh_token",
+            "client_id": live_server.app.config["B24_CLIENT_ID"],
+            "client_secret": live_server.app.config["B24_CLIENT_SECRET"],
+            "refresh_token": launch.form["REFRESH_ID"],
+        },
+        timeout=10,
+    )
+    requests.get(
+        f"{live_server.sandbox_url}/oauth-server/rest/app.info",
+        params={"auth": response.json()["access_token"]},
+        timeout=10,
+    )
+
+    assert response.status_code == 200
+    assert "/oauth-server/oauth/token/" in caplog.text
+    assert "client_secret=[hidden]" in caplog.text
+    assert live_server.app.config["B24_CLIENT_SECRET"] not in caplog.text
+    assert launch.form["REFRESH_ID"] not in caplog.text
+    assert response.json()["access_token"] not in caplog.text
