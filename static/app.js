@@ -16,17 +16,29 @@ import {
 const MAX_ROWS = 50;
 // window.appPings is for tests and debugging; a page left open for hours must not grow forever.
 const MAX_KEPT_MESSAGES = 1000;
-const MIN_STATUS_REFRESH_SECONDS = 5;
+// The backend status follows the scheduler's pings, but is fetched at most this often; with
+// no pings arriving it is still refreshed now and then.
+const STATUS_MIN_INTERVAL_MS = 2000;
+const STATUS_IDLE_INTERVAL_MS = 30000;
 
 const config = readPageConfig();
 const logger = createLogger('b24app.app', config);
 const { Text } = window.B24Js;
+
+const PULL_STATUS_TEXT = {
+  online: 'connected',
+  connect: 'connecting…',
+  offline: 'offline, retrying',
+  unknown: 'started',
+};
 
 /** The backend refused the page's token (missing, forged or expired): retrying cannot help. */
 class TokenRefused extends Error {}
 
 let b24 = null;
 let pingCount = 0;
+let statusFetchedAt = 0;
+let statusTokenRefused = false;
 window.appPings = [];
 
 /** Return a table cell holding `text` as plain text. */
@@ -80,6 +92,9 @@ function receiveMessage(message) {
     pingCount += 1;
     document.getElementById('ping-count').textContent = String(pingCount);
   }
+  if (message.params?.source === 'scheduler') {
+    refreshBackendStatus();
+  }
   showMessage(message);
   logger.debug('Pull message received', {
     command: message.command,
@@ -106,12 +121,8 @@ async function sendPing() {
   }
 }
 
-/**
- * Fill the backend status panel from GET {apiUrl}/status.
- *
- * @returns {boolean} false when the page's token was refused, so polling should stop.
- */
-async function refreshBackendStatus() {
+/** Fill the backend status panel from GET {apiUrl}/status. */
+async function fetchBackendStatus() {
   const panel = document.getElementById('backend-status');
   try {
     const response = await fetch(`${config.apiUrl}/status`, {
@@ -132,22 +143,51 @@ async function refreshBackendStatus() {
     }
     panel.dataset.state = 'ok';
     panel.querySelector('.panel-error').textContent = '';
-    return true;
   } catch (error) {
+    // A refused token stays refused, so asking again would only repeat the error.
+    statusTokenRefused = error instanceof TokenRefused;
     panel.dataset.state = 'error';
-    const advice = error instanceof TokenRefused ? ' Reopen the app to get a new session.' : '';
+    const advice = statusTokenRefused ? ' Reopen the app to get a new session.' : '';
     panel.querySelector('.panel-error').textContent =
-      `Backend status unavailable: ${describeError(error)}.${advice}`;
-    return !(error instanceof TokenRefused);
+      `Backend status unavailable: ${describeError(error).replace(/\.$/, '')}.${advice}`;
   }
 }
 
-/** Poll the backend status, no more often than every few seconds, until the token expires. */
-async function watchBackendStatus() {
-  const seconds = Math.max(Number(config.pingInterval) || 0, MIN_STATUS_REFRESH_SECONDS);
-  while (await refreshBackendStatus()) {
-    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+/** Refresh the backend status unless it was fetched a moment ago or the token was refused. */
+function refreshBackendStatus() {
+  if (statusTokenRefused || Date.now() - statusFetchedAt < STATUS_MIN_INTERVAL_MS) {
+    return;
   }
+  statusFetchedAt = Date.now();
+  fetchBackendStatus();
+}
+
+/**
+ * Show the push connection's state on <body data-pull> and in the page.
+ *
+ * The helper neither exposes its Pull client nor reports connection changes, and it swallows
+ * start errors. The client itself emits them, so this reaches the helper's field (present in
+ * SDK 2.2.0); without it, the state stays "unknown" and nothing else changes.
+ */
+function watchPullStatus(helper) {
+  const pullClient = helper._b24PullClient;
+  const label = document.getElementById('pull-status');
+  const show = (status) => {
+    document.body.dataset.pull = status;
+    label.textContent = PULL_STATUS_TEXT[status] ?? status;
+  };
+  if (typeof pullClient?.subscribe !== 'function') {
+    show('unknown');
+    return;
+  }
+  show('connect');
+  pullClient.subscribe({
+    type: window.B24Js.SubscriptionType.Status,
+    callback: (data) => {
+      show(String(data.status));
+      logger.debug('Pull status', { status: data.status });
+    },
+  });
 }
 
 async function start() {
@@ -157,8 +197,9 @@ async function start() {
 
   setState('loading');
   showStatus('Loading the app and user data…');
-  const { initB24Helper, usePullClient, useSubscribePullClient, startPullClient } =
-    window.B24Js.useB24Helper();
+  const {
+    initB24Helper, getB24Helper, usePullClient, useSubscribePullClient, startPullClient,
+  } = window.B24Js.useB24Helper();
   await initB24Helper(b24);
 
   if (!ensureLocalStorage()) {
@@ -167,6 +208,7 @@ async function start() {
   // The scheduler sends with exactly this module id, so the subscription must match it.
   usePullClient();
   useSubscribePullClient(receiveMessage, config.moduleId);
+  watchPullStatus(getB24Helper());
   startPullClient();
 
   document.getElementById('send-ping').disabled = false;
@@ -177,7 +219,8 @@ async function start() {
 
 if (!stopIfOutsidePortal()) {
   document.getElementById('send-ping').addEventListener('click', sendPing);
-  watchBackendStatus();
+  refreshBackendStatus();
+  setInterval(refreshBackendStatus, STATUS_IDLE_INTERVAL_MS);
   start().catch(async (error) => {
     setState('error');
     showStatus(describeError(error), 'error');

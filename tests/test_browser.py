@@ -73,6 +73,28 @@ def install_app(page, server):
     return portal
 
 
+def post_form(page, url, fields, target):
+    """Submit ``fields`` to ``url`` from ``page`` as a form POST into ``target``."""
+    page.evaluate(
+        """([url, fields, target]) => {
+            const form = document.createElement('form');
+            form.method = 'POST';
+            form.action = url;
+            form.target = target;
+            for (const [name, value] of Object.entries(fields)) {
+                const input = document.createElement('input');
+                input.type = 'hidden';
+                input.name = name;
+                input.value = value;
+                form.append(input);
+            }
+            document.body.append(form);
+            form.submit();
+        }""",
+        [url, fields, target],
+    )
+
+
 def stored_portal(server, member_id):
     """Return the app's stored row for ``member_id``."""
     from b24app import store
@@ -117,6 +139,8 @@ def test_scheduler_pings_reach_the_app_page(page, scheduled_server):
 def test_browser_ping_round_trips_through_the_push_server(page, live_server):
     portal = install_app(page, live_server)
     frame = app_frame(page)
+    # A ping pushed before the page's socket is open reaches nobody, as on a real portal.
+    frame.locator("body[data-pull='online']").wait_for(state="attached")
 
     frame.click("#send-ping")
     frame.locator("#ping-rows tr[data-source='browser']").wait_for(timeout=PAGE_TIMEOUT_MS)
@@ -139,6 +163,43 @@ def test_app_page_outside_a_portal_says_so(page, live_server):
     assert "inside a Bitrix24 portal" in page.text_content("#status")
 
 
+def test_frame_page_loaded_top_level_says_so(page, live_server):
+    portal = live_server.sandbox.create_portal()
+    launch = live_server.sandbox.frame_launch(portal.member_id, user_id=ADMIN)
+
+    # A genuine frame POST, but into a top-level window: the backend renders the install page,
+    # and the page itself must notice that no portal is around it.
+    page.goto("about:blank")
+    post_form(page, launch.url, launch.form, target="_self")
+
+    page.locator("body[data-state='outside']").wait_for(state="attached", timeout=5_000)
+    assert page.locator("#page-config").count() == 1
+    assert "inside a Bitrix24 portal" in page.text_content("#status")
+
+
+def test_app_page_gives_up_when_the_portal_does_not_answer(page, live_server):
+    portal = live_server.sandbox.create_portal()
+    live_server.sandbox.finish_install(portal.member_id)
+    launch = live_server.sandbox.frame_launch(portal.member_id, user_id=ADMIN)
+    # The right parent origin and window name, but nobody answers the SDK's getInitData: the
+    # sandbox's portal list is such a page. (A page faked with page.route would not do: Chromium
+    # counts it as a public site and blocks its frame to 127.0.0.1.)
+    page.goto(f"{live_server.sandbox_url}/")
+    page.evaluate(
+        """name => {
+            const frame = document.createElement('iframe');
+            frame.id = 'app-frame';
+            frame.name = name;
+            document.body.append(frame);
+        }""",
+        launch.iframe_name,
+    )
+    post_form(page, launch.url, launch.form, target=launch.iframe_name)
+
+    frame = wait_for_app_state(page, "error", timeout=20_000)
+    assert "Could not reach the portal" in frame.text_content("#status")
+
+
 def test_install_event_reaches_the_backend(page, live_server):
     portal = install_app(page, live_server)
 
@@ -157,4 +218,28 @@ def test_install_event_reaches_the_backend(page, live_server):
     assert delivery.status == 200
     stored = stored_portal(live_server, portal.member_id)
     assert stored.install_state == "installed"
-    assert stored.application_token
+    assert stored.application_token == portal.application_token
+    assert [
+        (bound.event, bound.handler)
+        for bound in live_server.sandbox.bound_events(portal.member_id)
+    ] == [
+        ("ONAPPINSTALL", f"{live_server.public_url}/events"),
+        ("ONAPPUNINSTALL", f"{live_server.public_url}/events"),
+    ]
+
+
+def test_install_accepts_a_handler_that_is_already_bound(page, live_server):
+    handler = f"{live_server.public_url}/events"
+    portal = live_server.sandbox.create_portal()
+    # Left over from an earlier attempt: event.bind now answers "Handler already binded".
+    live_server.sandbox.bind_event(portal.member_id, "ONAPPINSTALL", handler, 0, ADMIN)
+    page.goto(f"{live_server.sandbox_url}/portal/{portal.member_id}/?user={ADMIN}")
+
+    page.click("#install-button")
+
+    wait_for_app_state(page, "ready", timeout=INSTALL_TIMEOUT_MS)
+    assert live_server.sandbox.get_portal(portal.member_id).installed
+    assert [bound.event for bound in live_server.sandbox.bound_events(portal.member_id)] == [
+        "ONAPPINSTALL",
+        "ONAPPUNINSTALL",
+    ]
