@@ -2,8 +2,10 @@
 
 import os
 import threading
+from urllib.parse import parse_qsl
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 
 from b24app import create_app, migrations
@@ -53,6 +55,7 @@ def app(tmp_path):
 
 @pytest.fixture
 def client(app):
+    """Return a test client; pass ``base_url=PUBLIC_URL`` or ``SANDBOX_URL`` to pick a site."""
     return app.test_client()
 
 
@@ -114,3 +117,28 @@ def live_server_factory(tmp_path, monkeypatch):
 @pytest.fixture
 def live_server(live_server_factory):
     return live_server_factory()
+
+
+def frame_post(launch, form_changes=None, query_changes=None):
+    """Make a sandbox frame launch's POST with ``requests``, optionally altering its fields."""
+    url, _, query = launch.url.partition("?")
+    params = dict(parse_qsl(query))
+    params.update(query_changes or {})
+    form = {**launch.form, **(form_changes or {})}
+    return requests.post(
+        url,
+        params={k: v for k, v in params.items() if v is not None},
+        data={k: v for k, v in form.items() if v is not None},
+        timeout=10,
+    )
+
+
+def install_portal(server):
+    """Create a sandbox portal, run the install handshake and finish the install; return it."""
+    portal = server.sandbox.create_portal()
+    response = frame_post(server.sandbox.frame_launch(portal.member_id))
+    assert response.status_code == 200, response.text
+    server.sandbox.finish_install(portal.member_id)
+    response = frame_post(server.sandbox.frame_launch(portal.member_id))
+    assert response.status_code == 200, response.text
+    return portal
