@@ -1,0 +1,120 @@
+import requests
+
+from b24app import store
+from b24app.bitrix.forms import encode
+from b24app.models import InstallState
+from tests.conftest import frame_post
+
+
+def stored(server, member_id):
+    with server.app.app_context():
+        return store.get_portal(member_id)
+
+
+def install_with_handlers(server):
+    """Install the app on a new sandbox portal with its event handlers bound, as the page does."""
+    sandbox = server.sandbox
+    portal = sandbox.create_portal()
+    assert frame_post(sandbox.frame_launch(portal.member_id)).status_code == 200
+    for event in ("ONAPPINSTALL", "ONAPPUNINSTALL"):
+        sandbox.bind_event(portal.member_id, event, server.public_url + "/events", 0, 1)
+    sandbox.finish_install(portal.member_id)
+    (delivery,) = sandbox.wait_for_event_deliveries(1)
+    assert (delivery.event, delivery.status) == ("ONAPPINSTALL", 200)
+    return portal
+
+
+def post_event(server, payload):
+    return requests.post(
+        server.public_url + "/events",
+        data=encode(payload),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=10,
+    )
+
+
+def test_onappinstall_marks_the_portal_installed_and_keeps_its_application_token(live_server):
+    portal = install_with_handlers(live_server)
+
+    row = stored(live_server, portal.member_id)
+    assert row.install_state == InstallState.INSTALLED
+    assert (
+        row.application_token == live_server.sandbox.get_portal(portal.member_id).application_token
+    )
+    assert store_ids(live_server) == [portal.member_id]
+
+
+def store_ids(server):
+    with server.app.app_context():
+        return store.installed_member_ids()
+
+
+def test_onappinstall_with_a_token_the_oauth_server_rejects_changes_nothing(live_server):
+    sandbox = live_server.sandbox
+    portal = sandbox.create_portal()
+    frame_post(sandbox.frame_launch(portal.member_id))
+
+    response = post_event(
+        live_server,
+        {
+            "event": "ONAPPINSTALL",
+            "auth": {
+                "member_id": portal.member_id,
+                "access_token": "forged-token",
+                "application_token": "attacker-chosen",
+            },
+        },
+    )
+
+    assert response.status_code == 403
+    assert response.json() == {
+        "error": "The OAuth server rejected the event's token (invalid_token)."
+    }
+    row = stored(live_server, portal.member_id)
+    assert (row.install_state, row.application_token) == (InstallState.PENDING, None)
+
+
+def test_a_forged_uninstall_changes_nothing(live_server):
+    portal = install_with_handlers(live_server)
+    before = stored(live_server, portal.member_id)
+
+    for token in ("wrong-token", ""):
+        response = post_event(
+            live_server,
+            {
+                "event": "ONAPPUNINSTALL",
+                "data": {"CLEAN": "1"},
+                "auth": {"member_id": portal.member_id, "application_token": token},
+            },
+        )
+        assert response.status_code == 403
+        assert response.json() == {"error": "The event's application_token does not match."}
+
+    after = stored(live_server, portal.member_id)
+    assert after.install_state == InstallState.INSTALLED
+    assert (after.access_token, after.refresh_token) == (before.access_token, before.refresh_token)
+
+
+def test_a_genuine_uninstall_deletes_the_tokens_and_stops_the_pings(live_server):
+    portal = install_with_handlers(live_server)
+
+    live_server.sandbox.uninstall(portal.member_id)
+    deliveries = live_server.sandbox.wait_for_event_deliveries(2)
+
+    assert (deliveries[1].event, deliveries[1].status) == ("ONAPPUNINSTALL", 200)
+    row = stored(live_server, portal.member_id)
+    assert row.install_state == InstallState.UNINSTALLED
+    assert (row.access_token, row.refresh_token, row.application_token) == (None, None, None)
+    assert store_ids(live_server) == []
+
+
+def test_a_malformed_event_is_refused(live_server):
+    response = requests.post(
+        live_server.public_url + "/events", data={"auth]": "x", "event": "ONAPPTEST"}, timeout=10
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "Malformed field name 'auth]'."}
+
+    response = post_event(live_server, {"event": "ONAPPTEST"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "An event needs event and auth[member_id]."}
