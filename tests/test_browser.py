@@ -243,3 +243,32 @@ def test_install_accepts_a_handler_that_is_already_bound(page, live_server):
         "ONAPPINSTALL",
         "ONAPPUNINSTALL",
     ]
+
+
+def test_install_page_shows_the_portals_error(page, live_server):
+    portal = live_server.sandbox.create_portal()
+
+    def refuse_bind(route):
+        headers = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "*"}
+        if route.request.method == "OPTIONS":
+            route.fulfill(status=204, headers=headers)
+            return
+        route.fulfill(
+            status=400,
+            headers=headers,
+            json={"error": "ERROR_WRONG_HANDLER_URL", "error_description": "<b>Bad</b> URL"},
+        )
+
+    page.route(f"{live_server.sandbox_url}/rest/event.bind*", refuse_bind)
+    page.goto(f"{live_server.sandbox_url}/portal/{portal.member_id}/?user={ADMIN}")
+
+    page.click("#install-button")
+
+    frame = wait_for_app_state(page, "error")
+    step = frame.locator("#steps li[data-step='bind-ONAPPINSTALL']")
+    assert step.get_attribute("data-result") == "error"
+    # The portal's text is shown as text, markup and all, never as HTML.
+    assert "<b>Bad</b> URL" in step.text_content()
+    assert "<b>Bad</b> URL" in frame.text_content("#status")
+    assert frame.locator("#steps b").count() == 0
+    assert not live_server.sandbox.get_portal(portal.member_id).installed
