@@ -15,7 +15,9 @@ def test_defaults_run_in_sandbox_mode(app):
 
 def test_default_database_is_sqlite_in_instance_folder(tmp_path):
     app = create_app()
-    assert app.config["DATABASE_URL"] == "sqlite:///" + str(tmp_path / "instance" / "b24app.sqlite3")
+    assert app.config["DATABASE_URL"] == "sqlite:///" + str(
+        tmp_path / "instance" / "b24app.sqlite3"
+    )
 
 
 def test_production_mode_needs_its_settings(monkeypatch):

@@ -11,6 +11,11 @@ from b24app.bitrix.oauth import OAuthError
 log = logging.getLogger(__name__)
 
 USER_AGENT = "b24app/0.1 (+requests)"
+# The portal's answers to an access token that has expired.
+REFRESHABLE_ERRORS = {"expired_token", "invalid_token"}
+# Its answers to a token it does not know, which is also what a token replaced by a refresh
+# may get: worth repeating with the stored token if that has changed meanwhile.
+AUTH_ERRORS = REFRESHABLE_ERRORS | {"NO_AUTH_FOUND"}
 
 
 class RestError(Exception):
@@ -61,9 +66,9 @@ class RestClient:
         try:
             return self._post(portal, portal.access_token, method, params)
         except RestError as exc:
-            if exc.code not in ("expired_token", "invalid_token"):
+            if exc.code not in AUTH_ERRORS:
                 raise
-        access_token = self._refresh(member_id, portal.access_token, method)
+            access_token = self._renewed_token(member_id, portal.access_token, exc)
         return self._post(portal, access_token, method, params)
 
     def _post(self, portal, access_token, method, params):
@@ -115,17 +120,25 @@ class RestClient:
             )
         return answer
 
-    def _refresh(self, member_id, expired_access_token, method):
-        """Return a working access token, refreshing at most once per expired token."""
+    def _renewed_token(self, member_id, refused_access_token, refusal):
+        """Return the access token to repeat a refused call with, refreshing at most once.
+
+        :param refused_access_token: the token the portal refused.
+        :param refusal: the portal's :class:`RestError`; raised again when no renewal helps.
+        """
+        method = refusal.method
         with self._lock_for(member_id):
-            # Another thread may have refreshed while this one waited for the lock.
+            # Another thread may have refreshed while this one waited for the lock, and the
+            # portal may then call the old token unknown rather than expired.
             portal = store.get_portal(member_id)
             if portal is None or not portal.refresh_token:
                 raise RestError(
                     "NO_TOKENS", "No tokens are stored.", method=method, member_id=member_id
                 )
-            if portal.access_token != expired_access_token:
+            if portal.access_token != refused_access_token:
                 return portal.access_token
+            if refusal.code not in REFRESHABLE_ERRORS:
+                raise refusal
             try:
                 tokens = self.oauth.refresh(portal.refresh_token)
             except OAuthError as exc:
