@@ -65,6 +65,8 @@ def _configure_logging():
     logging.getLogger("b24app").setLevel(level)
     # urllib3 logs request URLs at debug level, and the OAuth refresh URL carries secrets.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # APScheduler logs every run of every job; the scheduler logs what matters itself.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 __all__ = ["ConfigError", "create_app"]

@@ -29,6 +29,18 @@ SETTINGS = (
     "PAGE_TOKEN_MAX_AGE",
 )
 
+# Every REST success carries a ``time`` block with these keys.
+TIME_KEYS = {
+    "start",
+    "finish",
+    "duration",
+    "processing",
+    "date_start",
+    "date_finish",
+    "operating_reset_at",
+    "operating",
+}
+
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
@@ -57,6 +69,12 @@ def app(tmp_path):
 def client(app):
     """Return a test client; pass ``base_url=PUBLIC_URL`` or ``SANDBOX_URL`` to pick a site."""
     return app.test_client()
+
+
+@pytest.fixture
+def sandbox(app):
+    """Return the sandbox portal's state of the ``app`` fixture."""
+    return app.extensions["sandbox"]
 
 
 @pytest.fixture

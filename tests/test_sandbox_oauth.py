@@ -3,21 +3,7 @@
 import pytest
 import requests
 
-TIME_KEYS = {
-    "start",
-    "finish",
-    "duration",
-    "processing",
-    "date_start",
-    "date_finish",
-    "operating_reset_at",
-    "operating",
-}
-
-
-@pytest.fixture
-def sandbox(app):
-    return app.extensions["sandbox"]
+from tests.conftest import TIME_KEYS
 
 
 @pytest.fixture

@@ -13,11 +13,6 @@ from b24app.sandbox.state import SandboxError
 
 
 @pytest.fixture
-def sandbox(app):
-    return app.extensions["sandbox"]
-
-
-@pytest.fixture
 def portal(sandbox):
     return sandbox.create_portal()
 
