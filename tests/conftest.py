@@ -2,7 +2,7 @@
 
 import os
 import threading
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -52,11 +52,11 @@ def clean_environment(monkeypatch, tmp_path):
 
 
 def build_app(tmp_path, test_config=None):
-    """Create a sandbox-mode app on a migrated SQLite file in ``tmp_path``."""
-    url = "sqlite:///" + os.path.join(tmp_path, "test.sqlite3")
-    migrations.upgrade(url)
-    config = {"TESTING": True, "DATABASE_URL": url, "SCHEDULER_IN_SERVER": False}
+    """Create an app on a migrated database (by default a SQLite file in ``tmp_path``)."""
+    config = {"TESTING": True, "SCHEDULER_IN_SERVER": False}
     config.update(test_config or {})
+    config.setdefault("DATABASE_URL", "sqlite:///" + os.path.join(tmp_path, "test.sqlite3"))
+    migrations.upgrade(config["DATABASE_URL"])
     return create_app(config)
 
 
@@ -137,9 +137,14 @@ def live_server(live_server_factory):
     return live_server_factory()
 
 
-def frame_post(launch, form_changes=None, query_changes=None):
-    """Make a sandbox frame launch's POST with ``requests``, optionally altering its fields."""
+def frame_post(launch, form_changes=None, query_changes=None, app_url=None):
+    """Make a sandbox frame launch's POST with ``requests``, optionally altering its fields.
+
+    :param app_url: post to this app instead of the one the sandbox registered (same path).
+    """
     url, _, query = launch.url.partition("?")
+    if app_url:
+        url = app_url + urlsplit(url).path
     params = dict(parse_qsl(query))
     params.update(query_changes or {})
     form = {**launch.form, **(form_changes or {})}
