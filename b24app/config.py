@@ -49,7 +49,8 @@ def _env_bool(name, default):
 def load_config(instance_path):
     """Return the app's settings as a dict, read from the environment.
 
-    :param instance_path: the Flask instance folder, home of the default SQLite database.
+    :param instance_path: the Flask instance folder, home of the default SQLite database and
+        the sandbox's state file.
     :raise ConfigError: when a setting is invalid, or a production setting is missing.
     """
     client_id = _env("B24_CLIENT_ID")
@@ -77,6 +78,9 @@ def load_config(instance_path):
         "SANDBOX_ACCESS_TOKEN_LIFETIME": _env_float("SANDBOX_ACCESS_TOKEN_LIFETIME", 3600.0),
         "SANDBOX_REFRESH_TOKEN_LIFETIME": _env_float(
             "SANDBOX_REFRESH_TOKEN_LIFETIME", 180 * 24 * 3600.0
+        ),
+        "SANDBOX_STATE_FILE": _env(
+            "SANDBOX_STATE_FILE", os.path.join(instance_path, "sandbox-state.json")
         ),
     }
 

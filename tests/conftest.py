@@ -25,6 +25,7 @@ SETTINGS = (
     "SCHEDULER_IN_SERVER",
     "SANDBOX_ACCESS_TOKEN_LIFETIME",
     "SANDBOX_REFRESH_TOKEN_LIFETIME",
+    "SANDBOX_STATE_FILE",
     "REST_TIMEOUT",
     "PAGE_TOKEN_MAX_AGE",
 )
@@ -86,12 +87,13 @@ class LiveServer:
     """The app and the sandbox portal served over real HTTP on one free port.
 
     The app is at ``http://127.0.0.1:PORT`` and the portal at ``http://localhost:PORT``: two
-    different sites, as a real portal and a real app are.
+    different sites, as a real portal and a real app are. ``port`` 0 picks a free port; a stopped
+    server's port restarts the app at the addresses it had, as a developer's restart does.
     """
 
-    def __init__(self, tmp_path, monkeypatch, env=None, test_config=None):
+    def __init__(self, tmp_path, monkeypatch, env=None, test_config=None, port=0):
         self._app = None
-        self.server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self.server = make_server("127.0.0.1", port, self._wsgi, threaded=True)
         self.port = self.server.server_port
         self.public_url = f"http://127.0.0.1:{self.port}"
         self.sandbox_url = f"http://localhost:{self.port}"
@@ -113,8 +115,10 @@ class LiveServer:
         return self.app.extensions["sandbox"]
 
     def stop(self):
+        """Stop serving and free the port; stopping twice is harmless."""
         self.server.shutdown()
         self.thread.join(timeout=5)
+        self.server.server_close()
 
 
 @pytest.fixture
@@ -122,8 +126,8 @@ def live_server_factory(tmp_path, monkeypatch):
     """Return a function that starts a live server with extra environment settings."""
     servers = []
 
-    def start(env=None, test_config=None):
-        server = LiveServer(tmp_path, monkeypatch, env, test_config)
+    def start(env=None, test_config=None, port=0):
+        server = LiveServer(tmp_path, monkeypatch, env, test_config, port)
         servers.append(server)
         return server
 

@@ -3,20 +3,29 @@
 Everything lives in one :class:`SandboxState` guarded by one lock, because the portal pages,
 the REST API, the OAuth server and every push socket run in threads of their own. Tests arrange
 and inspect a scenario through the same methods the portal pages use.
+
+What a real portal would remember across a restart (portals, users, handlers, OAuth tokens, push
+channel ids, id counters) is also written to a JSON file after every change and read back when
+the state is created, so the app's stored tokens keep working after the dev server restarts.
 """
 
-import itertools
 import json
+import logging
+import os
 import queue
 import secrets
+import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
 from b24app.sandbox import events
+
+log = logging.getLogger(__name__)
 
 APP_NAME = "Ping app"
 APP_STATUS = "L"
@@ -31,6 +40,9 @@ PULL_CONFIG_LIFETIME = 24 * 3600
 PUSH_PAYLOAD_LIMIT = 1024 * 1024
 
 SHARED_CHANNEL = 0
+
+# The layout of the state file; a file with another version is set aside like a corrupt one.
+STATE_FILE_VERSION = 1
 
 
 class ProtocolError(Exception):
@@ -226,11 +238,17 @@ class SandboxState:
 
     Records for tests: ``pushed_messages`` (list of :class:`PushedMessage`),
     ``event_deliveries`` (list of :class:`EventDelivery`), ``refresh_count`` (completed OAuth
-    refreshes, all portals) and ``refresh_counts`` (by ``member_id``).
+    refreshes, all portals) and ``refresh_counts`` (by ``member_id``). These records, frame
+    launches and push sockets live in memory only.
+
+    Portals, users, handlers, tokens, push channels and id counters are kept in the JSON file
+    ``config["SANDBOX_STATE_FILE"]``: read here, rewritten atomically after every change. When
+    the setting is missing, None or empty, the state lives in memory only. A file that cannot be
+    read is renamed to ``<file>.corrupt-<timestamp>`` with a warning and the sandbox starts empty.
     """
 
     def __init__(self, config):
-        """Read the sandbox's settings from the app's ``config``."""
+        """Read the sandbox's settings from the app's ``config`` and load its state file."""
         self.sandbox_url = config["SANDBOX_URL"].rstrip("/")
         self.public_url = config["PUBLIC_URL"].rstrip("/")
         self.client_id = config["B24_CLIENT_ID"]
@@ -253,8 +271,8 @@ class SandboxState:
         self._lock = threading.RLock()
         self._delivered = threading.Condition(self._lock)
         self._portals = {}
-        self._app_ids = itertools.count(1)
-        self._handler_ids = itertools.count(1)
+        self._next_app_id = 1
+        self._next_handler_id = 1
         self._by_access = {}
         self._by_refresh = {}
         self._launches = {}
@@ -265,6 +283,12 @@ class SandboxState:
         self.pushed_messages = []
         self.event_deliveries = []
         self.refresh_counts = {}
+
+        self.state_file = config.get("SANDBOX_STATE_FILE") or None
+        self._change_depth = 0
+        self._save_failing = False
+        if self.state_file:
+            self._load()
 
     # Portals and users.
 
@@ -277,14 +301,15 @@ class SandboxState:
             1: User(1, "Anna", "Admin", "F", True),
             2: User(2, "Nick", "User", "M", False),
         }
-        with self._lock:
+        with self._changing():
             portal = Portal(
                 member_id=secrets.token_hex(16),
-                app_id=next(self._app_ids),
+                app_id=self._next_app_id,
                 created_at=time.time(),
                 application_token=secrets.token_hex(16),
                 users=users,
             )
+            self._next_app_id += 1
             self._portals[portal.member_id] = portal
         return portal
 
@@ -333,7 +358,7 @@ class SandboxState:
             access_expires=now + self.access_lifetime,
             refresh_expires=now + self.refresh_lifetime,
         )
-        with self._lock:
+        with self._changing():
             self._by_access[token.access_token] = token
             self._by_refresh[token.refresh_token] = token
         return token
@@ -351,7 +376,7 @@ class SandboxState:
             and secrets.compare_digest(str(client_secret), self.client_secret or "")
         ):
             raise ProtocolError(401, "invalid_client", "Invalid client credentials")
-        with self._lock:
+        with self._changing():
             old = self._by_refresh.get(refresh_token)
             if old is not None and old.uninstalled:
                 raise ProtocolError(401, "NOT_INSTALLED", "Application not installed")
@@ -383,7 +408,7 @@ class SandboxState:
         """Make every access token issued on the portal expired (refresh tokens stay valid)."""
         self.get_portal(member_id)
         past = time.time() - 1
-        with self._lock:
+        with self._changing():
             for token in self._by_access.values():
                 if token.member_id == member_id:
                     token.access_expires = past
@@ -512,7 +537,7 @@ class SandboxState:
         user = self.get_user(member_id, user_id)
         if not user.admin:
             raise SandboxError("Only an administrator can finish the installation.")
-        with self._lock:
+        with self._changing():
             portal.installed = True
             portal.uninstalled = False
             portal.install_count += 1
@@ -556,7 +581,7 @@ class SandboxState:
         :param clean: whether the admin ticked "delete app data" (``data[CLEAN]``).
         """
         portal = self.get_portal(member_id)
-        with self._lock:
+        with self._changing():
             handlers = [h for h in portal.handlers if h.event == "ONAPPUNINSTALL"]
             application_token = portal.application_token
             portal.installed = False
@@ -591,7 +616,7 @@ class SandboxState:
         :raise ProtocolError: ``ERROR_CORE`` when the same event and handler are bound already.
         """
         portal = self.get_portal(member_id)
-        with self._lock:
+        with self._changing():
             for bound in portal.handlers:
                 if bound.event == event and bound.handler == handler:
                     raise ProtocolError(
@@ -599,14 +624,15 @@ class SandboxState:
                         "ERROR_CORE",
                         "Unable to set event handler: Handler already binded",
                     )
-            bound = EventHandler(next(self._handler_ids), event, handler, auth_type, user_id)
+            bound = EventHandler(self._next_handler_id, event, handler, auth_type, user_id)
+            self._next_handler_id += 1
             portal.handlers.append(bound)
         return bound
 
     def unbind_event(self, member_id, event, handler=None, auth_type=None):
         """Remove the matching handlers of ``event`` and return how many were removed."""
         portal = self.get_portal(member_id)
-        with self._lock:
+        with self._changing():
             kept = [
                 bound
                 for bound in portal.handlers
@@ -654,8 +680,9 @@ class SandboxState:
 
     # Push channels.
 
-    def _live_channel(self, current, member_id, channel_type, user_id):
+    def _live_channel(self, opened, key, member_id, channel_type, user_id):
         now = time.time()
+        current = opened.get(key)
         if current is not None and current.end > now:
             return current
         channel = Channel(
@@ -667,29 +694,27 @@ class SandboxState:
             end=now + CHANNEL_LIFETIME,
             public_id=secrets.token_hex(16) if channel_type == "private" else "",
         )
-        self._channels[channel.id] = channel
+        # Only a new channel is a change: every push asks for its channel, and most find it live.
+        with self._changing():
+            self._channels[channel.id] = channel
+            opened[key] = channel
         return channel
 
     def shared_channel(self, member_id):
         """Return the portal's live shared channel, opening a new one when it expired."""
         self.get_portal(member_id)
         with self._lock:
-            channel = self._live_channel(
-                self._shared_channels.get(member_id), member_id, "shared", SHARED_CHANNEL
+            return self._live_channel(
+                self._shared_channels, member_id, member_id, "shared", SHARED_CHANNEL
             )
-            self._shared_channels[member_id] = channel
-        return channel
 
     def private_channel(self, member_id, user_id):
         """Return the user's live private channel, opening a new one when it expired."""
         user = self.get_user(member_id, user_id)
-        key = (member_id, user.id)
         with self._lock:
-            channel = self._live_channel(
-                self._private_channels.get(key), member_id, "private", user.id
+            return self._live_channel(
+                self._private_channels, (member_id, user.id), member_id, "private", user.id
             )
-            self._private_channels[key] = channel
-        return channel
 
     def pull_config(self, member_id, user_id):
         """Return the ``pull.application.config.get`` result for a user (protocol version 5)."""
@@ -819,3 +844,161 @@ class SandboxState:
                 self.pushed_messages.append(record)
             records.append(record)
         return records
+
+    # The state file.
+
+    @contextmanager
+    def _changing(self):
+        """Hold the lock while durable state changes, then write the state file once.
+
+        Changes nest (a refresh issues tokens); the file is written when the outermost one ends.
+        A change that raises writes nothing.
+        """
+        with self._lock:
+            self._change_depth += 1
+            try:
+                yield
+            finally:
+                self._change_depth -= 1
+            if self._change_depth == 0:
+                self._save()
+
+    def _snapshot(self):
+        """Return the durable state as the state file's JSON object."""
+        portals = []
+        for portal in self._portals.values():
+            stored = asdict(portal)
+            stored["users"] = list(stored["users"].values())
+            portals.append(stored)
+        channels = [*self._shared_channels.values(), *self._private_channels.values()]
+        return {
+            "version": STATE_FILE_VERSION,
+            "next_app_id": self._next_app_id,
+            "next_handler_id": self._next_handler_id,
+            "portals": portals,
+            # Every token is indexed by its refresh token; used-up ones too, to refuse them.
+            "tokens": [asdict(token) for token in self._by_refresh.values()],
+            "channels": [asdict(channel) for channel in channels],
+        }
+
+    def _save(self):
+        """Write the state file atomically; on failure log once and keep going in memory."""
+        if not self.state_file:
+            return
+        text = json.dumps(self._snapshot(), indent=1)
+        folder = os.path.dirname(os.path.abspath(self.state_file))
+        temporary = None
+        try:
+            os.makedirs(folder, exist_ok=True)
+            # mkstemp creates the file readable by its owner only, and the file holds tokens.
+            handle, temporary = tempfile.mkstemp(
+                dir=folder, prefix=".sandbox-state-", suffix=".tmp"
+            )
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(text)
+            # No fsync: after a crash the file is the old one or unreadable, and an unreadable
+            # file is set aside at the next start; a dev sandbox need not pay for more.
+            os.replace(temporary, self.state_file)
+        except OSError as error:
+            if temporary is not None:
+                with suppress(OSError):
+                    os.remove(temporary)
+            if not self._save_failing:
+                log.error(
+                    "Sandbox state not saved to %s, it will be lost at restart: %s",
+                    self.state_file,
+                    error,
+                )
+            self._save_failing = True
+            return
+        if self._save_failing:
+            log.info("Sandbox state saved to %s again", self.state_file)
+        self._save_failing = False
+
+    def _load(self):
+        """Read the state file, if there is one; set an unreadable one aside and start empty."""
+        try:
+            with open(self.state_file, encoding="utf-8") as file:
+                stored = json.load(file)
+            restored = _restore_state(stored)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            self._set_aside(error)
+            return
+
+        portals, tokens, channels, next_app_id, next_handler_id = restored
+        self._portals = {portal.member_id: portal for portal in portals}
+        self._by_refresh = {token.refresh_token: token for token in tokens}
+        # A refresh drops the used-up link from the access index; rebuild that index the same way.
+        self._by_access = {token.access_token: token for token in tokens if not token.revoked}
+        for channel in channels:
+            self._channels[channel.id] = channel
+            if channel.type == "shared":
+                self._shared_channels[channel.member_id] = channel
+            else:
+                self._private_channels[(channel.member_id, channel.user_id)] = channel
+        self._next_app_id = next_app_id
+        self._next_handler_id = next_handler_id
+        log.info("Sandbox state: %d portal(s) loaded from %s", len(portals), self.state_file)
+
+    def _set_aside(self, error):
+        """Rename the unreadable state file out of the way and log one warning saying why."""
+        # Say what was wrong without quoting the file: its values are tokens.
+        if isinstance(error, (OSError, json.JSONDecodeError)):
+            reason = str(error)
+        else:
+            reason = f"unexpected content ({type(error).__name__})"
+        aside = f"{self.state_file}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+        try:
+            os.replace(self.state_file, aside)
+            kept = f"it was kept as {aside}"
+        except OSError as rename_error:
+            kept = f"it could not be set aside ({rename_error.strerror}) and will be overwritten"
+        log.warning(
+            "Sandbox state file %s is unreadable (%s); %s, and the sandbox starts empty",
+            self.state_file,
+            reason,
+            kept,
+        )
+
+
+def _restore(kind, record):
+    """Build the dataclass ``kind`` from a stored record, refusing missing or mistyped fields.
+
+    :raise KeyError: when a field is missing.
+    :raise ValueError: when a field has the wrong type.
+    """
+    values = {}
+    for item in fields(kind):
+        value = record[item.name]
+        # JSON writes a float with no fraction the way it writes an int.
+        if item.type is float and type(value) is int:
+            value = float(value)
+        if type(value) is not item.type:
+            raise ValueError(f"{kind.__name__}.{item.name} has the wrong type")
+        values[item.name] = value
+    return kind(**values)
+
+
+def _restore_state(stored):
+    """Return portals, tokens, channels and the next app and handler ids from the file's JSON.
+
+    :raise ValueError: when the file has another version or a field has the wrong type.
+    """
+    if stored.get("version") != STATE_FILE_VERSION:
+        raise ValueError(f"state file version {stored.get('version')!r} is not supported")
+    portals = []
+    for record in stored["portals"]:
+        record = dict(record)
+        users = [_restore(User, user) for user in record["users"]]
+        record["users"] = {user.id: user for user in users}
+        record["handlers"] = [_restore(EventHandler, handler) for handler in record["handlers"]]
+        portals.append(_restore(Portal, record))
+    tokens = [_restore(Token, record) for record in stored["tokens"]]
+    channels = [_restore(Channel, record) for record in stored["channels"]]
+    next_app_id = stored["next_app_id"]
+    next_handler_id = stored["next_handler_id"]
+    if type(next_app_id) is not int or type(next_handler_id) is not int:
+        raise ValueError("the next ids must be integers")
+    return portals, tokens, channels, next_app_id, next_handler_id
