@@ -1,13 +1,18 @@
 # `make run` sets everything up and starts the app on the sandbox portal;
 # `make test` sets up what the tests need and runs them.
+# `make bench` runs the ping fan-out benchmark and prints its figures (it asserts nothing);
+# vary it with e.g. `make bench BENCH_PORTALS=200 BENCH_INTERVAL=0.2`.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
+BENCH_PORTALS ?= 50
+BENCH_INTERVAL ?= 1
+BENCH_SECONDS ?= 20
 
-.PHONY: run test setup test-setup browser lint
+.PHONY: run test setup test-setup browser lint bench
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +49,8 @@ test: test-setup
 lint: $(VENV)/.test-requirements
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+
+# The benchmark starts its server with the tests' fixtures, which need pytest.
+bench: setup $(VENV)/.test-requirements
+	$(BIN)/python -m tests.benchmarks.ping_fanout --portals $(BENCH_PORTALS) \
+	  --interval $(BENCH_INTERVAL) --seconds $(BENCH_SECONDS)
