@@ -28,7 +28,7 @@ def create_app(test_config=None):
     app.config.from_mapping(load_config(app.instance_path))
     if test_config:
         app.config.from_mapping(test_config)
-    _configure_logging()
+    _configure_logging(app.config["LOG_LEVEL"])
 
     db.init_app(app)
     bitrix.init_app(app)
@@ -58,8 +58,7 @@ def create_app(test_config=None):
     return app
 
 
-def _configure_logging():
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+def _configure_logging(level):
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("b24app").setLevel(level)

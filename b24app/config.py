@@ -7,8 +7,11 @@ built-in sandbox portal, whose OAuth server issues the app's credentials itself.
 import os
 import re
 import secrets
+from urllib.parse import urlsplit
 
 MODULE_ID_PATTERN = re.compile(r"^[a-z0-9._]+$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 # The sandbox app's credentials; they are only ever accepted by the sandbox's own OAuth server.
 SANDBOX_CLIENT_ID = "local.sandbox00000000.00000001"
@@ -82,10 +85,19 @@ def load_config(instance_path):
         "SANDBOX_STATE_FILE": _env(
             "SANDBOX_STATE_FILE", os.path.join(instance_path, "sandbox-state.json")
         ),
+        "LOG_LEVEL": _env("LOG_LEVEL", "INFO").upper(),
+        # Portals post small forms; anything larger is refused before it is read (413).
+        "MAX_CONTENT_LENGTH": 1024 * 1024,
     }
 
     if config["PING_INTERVAL"] <= 0:
         raise ConfigError("PING_INTERVAL must be a positive number of seconds.")
+    if config["LOG_LEVEL"] not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}.")
+    for name in ("PUBLIC_URL", "OAUTH_SERVER", "SANDBOX_URL"):
+        parts = urlsplit(config[name])
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"B24_{name} must be an http(s) URL, got {config[name]!r}.")
     if not MODULE_ID_PATTERN.match(config["PULL_MODULE_ID"]):
         raise ConfigError(
             "PULL_MODULE_ID may hold only lower-case letters, digits, dots and underscores; "
@@ -113,4 +125,8 @@ def load_config(instance_path):
                 + ", ".join(missing)
                 + " as well (see .env.example)."
             )
+        public = urlsplit(public_url)
+        # A portal is served over https, and browsers block an http page framed inside it.
+        if public.scheme != "https" and public.hostname not in LOOPBACK_HOSTS:
+            raise ConfigError(f"B24_PUBLIC_URL must be an https URL, got {public_url!r}.")
     return config

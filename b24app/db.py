@@ -8,7 +8,10 @@ from contextlib import contextmanager
 
 from flask import current_app
 from sqlalchemy import create_engine, event
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
+
+from b24app.config import ConfigError
 
 
 def init_app(app):
@@ -18,7 +21,10 @@ def init_app(app):
     if url.startswith("sqlite"):
         # The scheduler and the request threads write concurrently: wait for the lock.
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
-    engine = create_engine(url, **options)
+    try:
+        engine = create_engine(url, **options)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"DATABASE_URL is not a usable database URL ({exc}).") from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _configure_sqlite)
     app.extensions["b24app.db"] = sessionmaker(bind=engine, expire_on_commit=False)

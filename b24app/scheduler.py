@@ -30,8 +30,18 @@ log = logging.getLogger(__name__)
 PING_JOB = "ping"
 
 
+def tick_start(interval, now=None):
+    """Return when the interval that ``now`` falls in began, in whole milliseconds.
+
+    Ticks are named by their start time rather than counted, so that their names keep
+    growing when the interval setting changes between runs.
+    """
+    now = time.time() if now is None else now
+    return int(math.floor(now / interval) * interval * 1000)
+
+
 def claim_tick(job, tick):
-    """Claim ``tick`` of ``job`` for this process; return whether this process got it."""
+    """Claim ``tick`` (a :func:`tick_start`) of ``job``; return whether this process got it."""
     owner = f"{socket.gethostname()}:{os.getpid()}"
     with transaction() as session:
         claimed = session.execute(
@@ -133,7 +143,7 @@ class PingScheduler:
 
     def tick(self):
         """Claim the current tick and hand each installed portal's ping to the pool."""
-        tick = int(time.time() // self.interval)
+        tick = tick_start(self.interval)
         with self.app.app_context():
             if not claim_tick(PING_JOB, tick):
                 return

@@ -1,5 +1,6 @@
 """The portal store: what the app keeps per portal, read and changed only through these steps."""
 
+import hmac
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -68,18 +69,32 @@ def save_tokens(member_id, tokens):
         )
 
 
-def mark_installed(member_id, application_token=None):
-    """Record that the portal finished installing the app."""
+def application_token_matches(portal, presented):
+    """Return whether ``presented`` is the portal's stored ``application_token``."""
+    if portal is None or not portal.application_token:
+        return False
+    return hmac.compare_digest(portal.application_token.encode(), str(presented).encode())
+
+
+def record_install_event(member_id, application_token):
+    """Record a verified ONAPPINSTALL: the install is finished, ``application_token`` kept.
+
+    :return: True when recorded (again), None for an unknown portal, and False when the portal
+        already holds another ``application_token``: that one changes only after an uninstall.
+    """
     with transaction() as session:
-        portal = session.scalar(select(Portal).where(Portal.member_id == member_id))
+        portal = session.scalar(
+            select(Portal).where(Portal.member_id == member_id).with_for_update()
+        )
         if portal is None:
             return None
+        if portal.application_token and not application_token_matches(portal, application_token):
+            return False
         if portal.install_state != InstallState.INSTALLED:
             portal.installed_at = utcnow()
         portal.install_state = InstallState.INSTALLED
-        if application_token:
-            portal.application_token = application_token
-    return portal
+        portal.application_token = application_token
+    return True
 
 
 def mark_uninstalled(member_id):

@@ -1,11 +1,14 @@
 """Fixtures: an app on a fresh SQLite file, and a live threaded server for app and sandbox."""
 
 import os
+import secrets
 import threading
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
 from b24app import create_app, migrations
@@ -169,3 +172,37 @@ def install_portal(server):
     response = frame_post(server.sandbox.frame_launch(portal.member_id))
     assert response.status_code == 200, response.text
     return portal
+
+
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Yield the URL of a fresh, migrated database of each kind."""
+    if request.param == "sqlite":
+        url = "sqlite:///" + str(tmp_path / "store.sqlite3")
+        migrations.upgrade(url)
+        yield url
+        return
+
+    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        server.dispose()
+        pytest.skip(f"No PostgreSQL at TEST_POSTGRES_URL ({type(exc).__name__})")
+    name = "b24app_test_" + secrets.token_hex(4)
+    with server.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        server.dispose()

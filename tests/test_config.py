@@ -1,6 +1,11 @@
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
-from b24app import create_app
+from b24app import PROJECT_ROOT, create_app
 from b24app.config import SANDBOX_CLIENT_ID, ConfigError
 
 
@@ -58,3 +63,53 @@ def test_invalid_settings_are_refused(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         create_app()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR."),
+        ({"B24_PUBLIC_URL": "notaurl"}, "B24_PUBLIC_URL must be an http(s) URL, got 'notaurl'."),
+        ({"B24_SANDBOX_URL": "ftp://x"}, "B24_SANDBOX_URL must be an http(s) URL"),
+        ({"DATABASE_URL": "foo://bar"}, "DATABASE_URL is not a usable database URL"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL is not a usable database URL"),
+    ],
+)
+def test_unusable_settings_are_refused_with_their_name(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        create_app()
+
+
+def production(monkeypatch, public_url):
+    monkeypatch.setenv("B24_CLIENT_ID", "local.123.456")
+    monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
+    monkeypatch.setenv("SECRET_KEY", "key")
+    monkeypatch.setenv("B24_PUBLIC_URL", public_url)
+    return create_app()
+
+
+def test_production_needs_an_https_public_url(monkeypatch):
+    with pytest.raises(ConfigError, match="B24_PUBLIC_URL must be an https URL"):
+        production(monkeypatch, "http://app.example.com")
+
+
+def test_production_on_loopback_may_use_http(monkeypatch):
+    assert production(monkeypatch, "http://127.0.0.1:8000").config["SANDBOX"] is False
+
+
+def test_a_bad_setting_stops_wsgi_with_a_message_and_no_traceback(tmp_path):
+    environment = {**os.environ, "PING_INTERVAL": "soon", "B24_INSTANCE_PATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "b24app cannot start: PING_INTERVAL must be a number, got 'soon'."
+    )

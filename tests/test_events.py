@@ -118,3 +118,87 @@ def test_a_malformed_event_is_refused(live_server):
     response = post_event(live_server, {"event": "ONAPPTEST"})
     assert response.status_code == 400
     assert response.json() == {"error": "An event needs event and auth[member_id]."}
+
+
+def install_event(portal, launch, application_token):
+    return {
+        "event": "ONAPPINSTALL",
+        "auth": {
+            "member_id": portal.member_id,
+            "access_token": launch.form["AUTH_ID"],
+            "application_token": application_token,
+        },
+    }
+
+
+def test_onappinstall_with_a_non_admin_token_is_refused(live_server):
+    sandbox = live_server.sandbox
+    portal = sandbox.create_portal()
+    frame_post(sandbox.frame_launch(portal.member_id))
+    sandbox.finish_install(portal.member_id)
+    user_launch = sandbox.frame_launch(portal.member_id, user_id=2)
+
+    response = post_event(live_server, install_event(portal, user_launch, "chosen-by-user"))
+
+    assert response.status_code == 403
+    assert response.json() == {"error": "ONAPPINSTALL must carry an administrator's token."}
+    assert stored(live_server, portal.member_id).application_token is None
+
+
+def test_a_later_onappinstall_cannot_replace_the_application_token(live_server):
+    portal = install_with_handlers(live_server)
+    genuine = live_server.sandbox.get_portal(portal.member_id).application_token
+    admin_launch = live_server.sandbox.frame_launch(portal.member_id)
+
+    replaced = post_event(live_server, install_event(portal, admin_launch, "another-token"))
+    repeated = post_event(live_server, install_event(portal, admin_launch, genuine))
+
+    assert replaced.status_code == 403
+    assert replaced.json() == {
+        "error": "The portal's application_token is already set; only an uninstall clears it."
+    }
+    assert repeated.status_code == 200
+    assert stored(live_server, portal.member_id).application_token == genuine
+
+
+def test_reinstalling_after_an_uninstall_takes_the_new_application_token(live_server):
+    portal = install_with_handlers(live_server)
+    sandbox = live_server.sandbox
+    sandbox.uninstall(portal.member_id)
+    sandbox.wait_for_event_deliveries(2)
+
+    frame_post(sandbox.frame_launch(portal.member_id))
+    sandbox.bind_event(portal.member_id, "ONAPPINSTALL", live_server.public_url + "/events", 0, 1)
+    sandbox.finish_install(portal.member_id)
+    deliveries = sandbox.wait_for_event_deliveries(3)
+
+    assert (deliveries[2].event, deliveries[2].status) == ("ONAPPINSTALL", 200)
+    row = stored(live_server, portal.member_id)
+    assert row.install_state == InstallState.INSTALLED
+    assert row.application_token == sandbox.get_portal(portal.member_id).application_token
+
+
+def test_event_fields_that_could_forge_log_lines_are_refused(live_server, caplog):
+    response = post_event(
+        live_server,
+        {
+            "event": "ONAPPUNINSTALL",
+            "auth": {
+                "member_id": "zz\n2026-12-03 INFO b24app.pages: forged",
+                "application_token": "x",
+            },
+        },
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "The event's name or auth[member_id] is malformed."}
+    assert not any("forged" in record.getMessage() for record in caplog.records)
+
+
+def test_an_oversized_event_is_refused_before_it_is_read(live_server):
+    response = requests.post(
+        live_server.public_url + "/events",
+        data={"event": "ONAPPTEST", "data[X]": "x" * (2 * 1024 * 1024)},
+        timeout=30,
+    )
+    assert response.status_code == 413

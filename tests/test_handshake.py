@@ -194,3 +194,10 @@ def test_handshakes_never_log_tokens(live_server, caplog):
     assert re.search(r"Verified install handshake for portal " + portal.member_id, text)
     for secret in (launch.form["AUTH_ID"], launch.form["REFRESH_ID"], "sandbox-client-secret"):
         assert secret not in text
+
+
+@pytest.mark.parametrize("path", ["/app", "/install"])
+def test_a_post_that_is_no_frame_request_is_refused(app, client, path):
+    response = client.post(path, json={"hello": "world"}, base_url=app.config["PUBLIC_URL"])
+    assert response.status_code == 400
+    assert b"The frame request lacks DOMAIN." in response.data

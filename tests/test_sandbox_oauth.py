@@ -55,7 +55,7 @@ def test_refresh_returns_new_pair_in_protocol_shape(client, app, sandbox, portal
     assert body["domain"] == "localhost:5000"
     assert body["member_id"] == portal.member_id
     assert body["user_id"] == 2
-    assert body["scope"] == "placement,pull"
+    assert body["scope"] == "pull"
     assert body["status"] == "L"
     assert body["expires_in"] == 3600
     assert body["access_token"] != launch.form["AUTH_ID"]
@@ -165,14 +165,14 @@ def test_app_info_describes_token(client, app, sandbox, portal):
     result = response.json["result"]
     assert set(response.json["time"]) == TIME_KEYS
     assert result["client_id"] == app.config["B24_CLIENT_ID"]
-    assert result["scope"] == "placement,pull"
+    assert result["scope"] == "pull"
     assert result["user_id"] == 1
     assert isinstance(result["expires"], int)
     assert result["install"] == {
         "installed": True,
         "version": 1,
         "status": "L",
-        "scope": "placement,pull",
+        "scope": "pull",
         "domain": "localhost:5000",
         "uri": "http://localhost:5000",
         "client_endpoint": "http://localhost:5000/rest/",

@@ -90,7 +90,7 @@ def test_first_launch_of_admin_is_the_install_path(sandbox, portal, app):
     assert launch.form["AUTH_EXPIRES"] == "3600"
     assert launch.form["SERVER_ENDPOINT"] == "http://localhost:5000/oauth-server/rest/"
     assert launch.form["APPLICATION_TOKEN"] == portal.application_token
-    assert launch.form["APPLICATION_SCOPE"] == "placement,pull"
+    assert launch.form["APPLICATION_SCOPE"] == "pull"
     assert launch.form["member_id"] == portal.member_id
     assert launch.form["status"] == "L"
     assert launch.form["PLACEMENT"] == "DEFAULT"

@@ -1,8 +1,8 @@
 import multiprocessing
 import os
 
-from b24app import create_app, migrations
-from b24app.scheduler import claim_tick
+from b24app import create_app
+from b24app.scheduler import claim_tick, tick_start
 
 
 def test_a_tick_is_claimed_once(app):
@@ -22,9 +22,8 @@ def _claim_ticks(database_url, instance_path, ticks, start, results):
         results.extend([tick for tick in range(1, ticks + 1) if claim_tick("ping", tick)])
 
 
-def test_processes_racing_for_ticks_claim_each_tick_exactly_once(tmp_path):
-    url = "sqlite:///" + str(tmp_path / "race.sqlite3")
-    migrations.upgrade(url)
+def test_processes_racing_for_ticks_claim_each_tick_exactly_once(tmp_path, database_url):
+    url = database_url
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         results = manager.list()
@@ -40,3 +39,14 @@ def test_processes_racing_for_ticks_claim_each_tick_exactly_once(tmp_path):
             assert worker.exitcode == 0
         claimed = list(results)
     assert sorted(claimed) == list(range(1, 41))
+
+
+def test_tick_names_keep_growing_when_the_interval_changes(app):
+    now = 1_800_000_000.7
+    with app.app_context():
+        assert claim_tick("ping", tick_start(0.2, now)) is True
+        # A restart with a longer interval: the next interval's tick is still claimable.
+        assert claim_tick("ping", tick_start(1.0, now + 1)) is True
+        assert claim_tick("ping", tick_start(0.5, now + 1.6)) is True
+    assert tick_start(0.2, now) == 1_800_000_000_600
+    assert tick_start(1.0, now) == 1_800_000_000_000

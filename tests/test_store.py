@@ -1,51 +1,14 @@
 """The portal store on every supported database: a SQLite file, and PostgreSQL when reachable."""
 
-import os
-import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from b24app import create_app, migrations, store
+from b24app import create_app, store
 from b24app.bitrix.frame import FrameRequest
 from b24app.bitrix.oauth import AppInfo, TokenSet
 from b24app.models import InstallState
 from b24app.scheduler import claim_tick
-
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """Yield the URL of a fresh, migrated database of each kind."""
-    if request.param == "sqlite":
-        url = "sqlite:///" + str(tmp_path / "store.sqlite3")
-        migrations.upgrade(url)
-        yield url
-        return
-
-    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with server.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:
-        server.dispose()
-        pytest.skip(f"No PostgreSQL at TEST_POSTGRES_URL ({type(exc).__name__})")
-    name = "b24app_test_" + secrets.token_hex(4)
-    with server.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrations.upgrade(url)
-        yield url
-    finally:
-        with server.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        server.dispose()
 
 
 @pytest.fixture
@@ -131,7 +94,7 @@ def test_refreshed_tokens_replace_the_stored_ones(store_app):
 
 def test_an_uninstalled_portal_loses_its_tokens_and_its_pings(store_app):
     save()
-    store.mark_installed("m" * 32, application_token="apptoken")
+    assert store.record_install_event("m" * 32, "apptoken") is True
     store.mark_uninstalled("m" * 32)
     portal = store.get_portal("m" * 32)
     assert portal.install_state == InstallState.UNINSTALLED
@@ -141,6 +104,19 @@ def test_an_uninstalled_portal_loses_its_tokens_and_its_pings(store_app):
         None,
     )
     assert store.installed_member_ids() == []
+
+
+def test_an_install_event_keeps_the_first_application_token(store_app):
+    save(info=make_info(installed=False))
+    assert store.record_install_event("m" * 32, "first") is True
+    assert store.record_install_event("m" * 32, "first") is True
+    assert store.record_install_event("m" * 32, "second") is False
+    assert store.record_install_event("unknown", "first") is None
+    portal = store.get_portal("m" * 32)
+    assert (portal.install_state, portal.application_token) == (InstallState.INSTALLED, "first")
+    assert store.application_token_matches(portal, "first")
+    assert not store.application_token_matches(portal, "second")
+    assert not store.application_token_matches(None, "first")
 
 
 def test_ping_sequence_numbers_are_taken_in_order(store_app):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from b24app.bitrix.oauth import OAuthError
 
-_MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,512}$")
 _PLACEMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -63,11 +63,6 @@ class FrameRequest:
         return f"{self.portal_origin}/rest/"
 
 
-def is_frame_post(form):
-    """Return whether ``form`` looks like a portal's frame POST at all (it carries a token)."""
-    return bool(form.get("AUTH_ID") or form.get("member_id"))
-
-
 def parse_frame_request(query, form):
     """Return the :class:`FrameRequest` in a frame POST's query string and form.
 
@@ -82,7 +77,7 @@ def parse_frame_request(query, form):
 
     if not _DOMAIN.match(values["DOMAIN"]):
         raise HandshakeError(400, "DOMAIN is not a host name.")
-    if not _MEMBER_ID.match(values["member_id"]):
+    if not MEMBER_ID_PATTERN.match(values["member_id"]):
         raise HandshakeError(400, "member_id is malformed.")
     for name in ("AUTH_ID", "REFRESH_ID"):
         if not _TOKEN.match(values[name]):

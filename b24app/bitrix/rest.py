@@ -63,19 +63,29 @@ class RestClient:
             raise RestError(
                 "NO_TOKENS", "No tokens are stored.", method=method, member_id=member_id
             )
+        endpoint = portal.client_endpoint
         try:
-            return self._post(portal, portal.access_token, method, params)
+            return self._post(endpoint, portal.access_token, method, params, member_id)
         except RestError as exc:
             if exc.code not in AUTH_ERRORS:
                 raise
             access_token = self._renewed_token(member_id, portal.access_token, exc)
-        return self._post(portal, access_token, method, params)
+        return self._post(endpoint, access_token, method, params, member_id)
 
-    def _post(self, portal, access_token, method, params):
-        url = f"{portal.client_endpoint}{method}"
+    def call_with_token(self, client_endpoint, access_token, method, params=None):
+        """Call ``method`` once with a token that is not stored (one a request presented).
+
+        Nothing is refreshed or stored; the caller must have proven ``client_endpoint``.
+
+        :raise RestError: when the call fails for any reason.
+        """
+        return self._post(client_endpoint, access_token, method, params, member_id=None)
+
+    def _post(self, client_endpoint, access_token, method, params, member_id):
+        url = f"{client_endpoint}{method}"
         body = dict(params or {})
         body["auth"] = access_token
-        context = {"method": method, "member_id": portal.member_id}
+        context = {"method": method, "member_id": member_id}
         try:
             # A renamed portal answers 302; following it would turn the POST into a GET.
             response = self.http.post(url, json=body, timeout=self.timeout, allow_redirects=False)

@@ -71,10 +71,9 @@ def create_portal():
 def show_portal(member_id):
     """Show a portal as one of its users sees it, with the app's frame."""
     state = _state()
-    user_id = _user_id(request.args.get("user", "1"))
     try:
         portal = state.get_portal(member_id)
-        user = state.get_user(member_id, user_id)
+        user = state.get_user(member_id, request.args.get("user", "1"))
     except SandboxError as error:
         abort(404, str(error))
     return render_template(
@@ -155,13 +154,12 @@ def install_finish(member_id):
 def uninstall(member_id):
     """Uninstall the app as the portal's admin, optionally deleting its data."""
     state = _state()
-    user_id = _user_id(request.form.get("user"))
     try:
-        user = state.get_user(member_id, user_id)
+        user = state.get_user(member_id, request.form.get("user"))
         if not user.admin:
             raise SandboxError("Only an administrator can uninstall the application.")
         state.uninstall(member_id, clean=request.form.get("clean") == "1")
     except SandboxError as error:
         abort(403, str(error))
     log.info("Portal %s: app uninstalled", member_id)
-    return redirect(url_for(".show_portal", member_id=member_id, user=user_id))
+    return redirect(url_for(".show_portal", member_id=member_id, user=user.id))

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "Ping app"
 APP_STATUS = "L"
-APP_SCOPE = "placement,pull"
+APP_SCOPE = "pull"
 APP_VERSION = 1
 LANGUAGE_ID = "en"
 
