@@ -1,6 +1,7 @@
 """The sandbox's push server over a real WebSocket, fed by pull.application.event.add."""
 
 import json
+import time
 
 import pytest
 import requests
@@ -167,3 +168,19 @@ def test_unknown_channel_is_closed_with_4010(live_server, query):
         ws.receive(timeout=5)
 
     assert closed.value.reason == 4010
+
+
+def test_request_log_hides_the_private_channel_id(live_server, portal, caplog):
+    caplog.set_level("INFO", logger="werkzeug")
+    auth = live_server.sandbox.frame_launch(portal.member_id).form["AUTH_ID"]
+    config = rest(live_server, "pull.application.config.get", auth).json()["result"]
+    ws = connect(live_server, auth)
+    wait_for_listeners(live_server, portal.member_id, auth, 1)
+    ws.close()
+    # The server logs a socket's request line once the socket has closed.
+    deadline = time.monotonic() + 5
+    while "/subws/" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert "/subws/?CHANNEL_ID=[hidden]" in caplog.text
+    assert config["channels"]["private"]["id"] not in caplog.text

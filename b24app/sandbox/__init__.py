@@ -23,9 +23,10 @@ from b24app.sandbox.state import SandboxState
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Query parameters that carry tokens or secrets in the protocol's own URLs.
+# Query parameters that carry tokens, secrets or private channel ids in the protocol's URLs.
 SECRET_PARAMETERS = re.compile(
-    r"((?:auth|access_token|refresh_token|client_secret|AUTH_ID|REFRESH_ID)=)[^&\s\"]+"
+    r"((?:auth|access_token|refresh_token|client_secret|AUTH_ID|REFRESH_ID|CHANNEL_ID)=)"
+    r"[^&\s\"]+"
 )
 
 
