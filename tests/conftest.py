@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
-from b24app import create_app, migrations
+from b24app import create_app, migrations, store
 
 # Settings a developer's shell or .env may hold; every test starts without them.
 SETTINGS = (
@@ -161,6 +161,12 @@ def frame_post(launch, form_changes=None, query_changes=None, app_url=None):
         data={k: v for k, v in form.items() if v is not None},
         timeout=10,
     )
+
+
+def stored(server, member_id):
+    """Return what the app of ``server`` has stored for the portal ``member_id``, or None."""
+    with server.app.app_context():
+        return store.get_portal(member_id)
 
 
 def install_portal(server):

@@ -3,12 +3,7 @@ import requests
 from b24app import store
 from b24app.bitrix.forms import encode
 from b24app.models import InstallState
-from tests.conftest import frame_post
-
-
-def stored(server, member_id):
-    with server.app.app_context():
-        return store.get_portal(member_id)
+from tests.conftest import frame_post, stored
 
 
 def install_with_handlers(server):

@@ -4,14 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from b24app import store
 from b24app.models import InstallState
-from tests.conftest import frame_post
-
-
-def stored(server, member_id):
-    with server.app.app_context():
-        return store.get_portal(member_id)
+from tests.conftest import frame_post, stored
 
 
 def test_install_handshake_stores_the_portal_and_renders_the_install_page(live_server):
