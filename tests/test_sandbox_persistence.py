@@ -207,7 +207,7 @@ def test_records_for_tests_and_frame_launches_start_empty_after_a_restart(tmp_pa
 
     restarted = restart(tmp_path)
 
-    assert restarted.pushed_messages == []
+    assert not restarted.pushed_messages
     assert restarted.refresh_counts == {}
     assert restarted.find_launch(launch.app_sid) is None
 

@@ -406,7 +406,7 @@ def test_pull_event_add_validation(call, sandbox, admin_token, params, error):
 
     assert response.status_code == 400
     assert response.json["error"] == error
-    assert sandbox.pushed_messages == []
+    assert not sandbox.pushed_messages
 
 
 @pytest.mark.parametrize("user_id", [2, ["2"], "1", 1])
@@ -418,7 +418,7 @@ def test_pull_event_add_non_admin_user_id_rules(call, sandbox, user_token, user_
         "error": "USER_ID_ACCESS_ERROR",
         "error_description": "Only admin can send notifications to other channels",
     }
-    assert sandbox.pushed_messages == []
+    assert not sandbox.pushed_messages
 
 
 def test_pull_event_add_non_admin_own_id_as_string(call, sandbox, portal, user_token):
@@ -444,7 +444,7 @@ def test_pull_event_add_admin_bad_user_id(call, sandbox, admin_token):
 
     assert response.status_code == 400
     assert response.json["error"] == "USER_ID_ERROR"
-    assert sandbox.pushed_messages == []
+    assert not sandbox.pushed_messages
 
 
 # Several portals.

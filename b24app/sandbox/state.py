@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ PULL_CONFIG_LIFETIME = 24 * 3600
 PUSH_PAYLOAD_LIMIT = 1024 * 1024
 
 SHARED_CHANNEL = 0
+# How many of the newest push and event records the sandbox keeps for tests to inspect.
+RECORDS_KEPT = 100_000
 
 # The layout of the state file; a file with another version is set aside like a corrupt one.
 STATE_FILE_VERSION = 1
@@ -236,10 +239,10 @@ class Subscriber:
 class SandboxState:
     """All sandbox portals and everything the tests may arrange or inspect.
 
-    Records for tests: ``pushed_messages`` (list of :class:`PushedMessage`),
-    ``event_deliveries`` (list of :class:`EventDelivery`), ``refresh_count`` (completed OAuth
-    refreshes, all portals) and ``refresh_counts`` (by ``member_id``). These records, frame
-    launches and push sockets live in memory only.
+    Records for tests, the newest ``RECORDS_KEPT`` of each: ``pushed_messages`` (a deque of
+    :class:`PushedMessage`), ``event_deliveries`` (a deque of :class:`EventDelivery`),
+    ``refresh_count`` (completed OAuth refreshes, all portals) and ``refresh_counts`` (by
+    ``member_id``). These records, frame launches and push sockets live in memory only.
 
     Portals, users, handlers, tokens, push channels and id counters are kept in the JSON file
     ``config["SANDBOX_STATE_FILE"]``: read here, rewritten atomically after every change. When
@@ -280,8 +283,9 @@ class SandboxState:
         self._shared_channels = {}
         self._private_channels = {}
         self._subscribers = set()
-        self.pushed_messages = []
-        self.event_deliveries = []
+        # Bounded, so that a dev server left running for days does not grow without end.
+        self.pushed_messages = deque(maxlen=RECORDS_KEPT)
+        self.event_deliveries = deque(maxlen=RECORDS_KEPT)
         self.refresh_counts = {}
 
         self.state_file = config.get("SANDBOX_STATE_FILE") or None
