@@ -33,9 +33,10 @@ def create_app(test_config=None):
     db.init_app(app)
     bitrix.init_app(app)
 
-    from b24app import api, cli, pages
+    from b24app import api, cli, events, pages
 
     app.register_blueprint(pages.bp)
+    app.register_blueprint(events.bp)
     app.register_blueprint(api.bp)
     cli.init_app(app)
 

@@ -179,7 +179,7 @@ def test_event_fields_that_could_forge_log_lines_are_refused(live_server, caplog
         {
             "event": "ONAPPUNINSTALL",
             "auth": {
-                "member_id": "zz\n2026-12-03 INFO b24app.pages: forged",
+                "member_id": "zz\n2026-12-03 INFO b24app.events: forged",
                 "application_token": "x",
             },
         },
