@@ -2,7 +2,7 @@
 
 import hmac
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
 
@@ -145,9 +145,3 @@ def record_ping_sent(member_id, sent_at):
             update(Portal).where(Portal.member_id == member_id).values(last_ping_at=sent_at)
         )
 
-
-def token_expired(portal, margin=0):
-    """Return whether the portal's access token is past its expiry (less ``margin`` seconds)."""
-    if portal.expires_at is None:
-        return True
-    return portal.expires_at <= datetime.now(UTC) + timedelta(seconds=margin)
