@@ -43,16 +43,48 @@ def events():
         return _on_app_install(member_id, auth, payload)
 
     portal = store.get_portal(member_id)
-    if not store.application_token_matches(portal, auth.get("application_token", "")):
-        log.warning("Refused event %s for portal %s: wrong application_token", event, member_id)
-        return {"error": "The event's application_token does not match."}, 403
-
+    presented = auth.get("application_token", "")
     if event == "ONAPPUNINSTALL":
-        store.mark_uninstalled(member_id)
-        log.info("Portal %s uninstalled the app; its tokens are deleted", member_id)
-    else:
-        log.info("Event %s for portal %s needs no action", event, member_id)
+        return _on_app_uninstall(member_id, portal, presented)
+    if not store.application_token_matches(portal, presented):
+        return _refuse_application_token(event, member_id)
+    log.info("Event %s for portal %s needs no action", event, member_id)
     return {"result": "ok"}
+
+
+def _refuse_application_token(event, member_id):
+    log.warning("Refused event %s for portal %s: wrong application_token", event, member_id)
+    return {"error": "The event's application_token does not match."}, 403
+
+
+def _on_app_uninstall(member_id, portal, presented):
+    # A portal whose ONAPPINSTALL never arrived has no application_token to compare with; for
+    # it, the portal's own answer below decides alone.
+    if portal is None or (
+        portal.application_token and not store.application_token_matches(portal, presented)
+    ):
+        return _refuse_application_token("ONAPPUNINSTALL", member_id)
+    # Portals put application_token into every user's frame, so it alone cannot prove an
+    # uninstall: the portal must also have stopped accepting the app.
+    if _app_still_installed(member_id):
+        log.warning("Refused ONAPPUNINSTALL for portal %s: the app still works there", member_id)
+        return {"error": "The portal still has the app installed."}, 409
+    store.mark_uninstalled(member_id)
+    log.info("Portal %s uninstalled the app; its tokens are deleted", member_id)
+    return {"result": "ok"}
+
+
+def _app_still_installed(member_id):
+    """Return whether the portal still answers the app's stored token with an installed app."""
+    try:
+        answer = rest_client().call(member_id, "app.info")
+    except RestError as exc:
+        # Refused tokens are what an uninstall looks like. A portal that cannot be reached
+        # proves nothing either way, and the event did carry the right application_token.
+        log.info("Portal %s: app.info after ONAPPUNINSTALL failed with %s", member_id, exc.code)
+        return False
+    result = answer.get("result")
+    return isinstance(result, dict) and result.get("INSTALLED") is True
 
 
 def _on_app_install(member_id, auth, payload):
@@ -73,13 +105,13 @@ def _on_app_install(member_id, auth, payload):
         )
         return {"error": "The event's token belongs to another application or portal."}, 403
     try:
-        admin = rest_client().call_with_token(info.client_endpoint, access_token, "user.admin")
+        admin = rest_client().user_is_admin(info.client_endpoint, access_token)
     except RestError as exc:
         log.warning(
             "Refused ONAPPINSTALL for portal %s: user.admin failed, %s", member_id, exc.code
         )
         return {"error": f"The portal could not confirm the event's user ({exc.code})."}, 403
-    if admin.get("result") is not True:
+    if not admin:
         log.warning("Refused ONAPPINSTALL for portal %s: not an administrator's", member_id)
         return {"error": "ONAPPINSTALL must carry an administrator's token."}, 403
 

@@ -8,8 +8,9 @@ from flask import Blueprint, abort, current_app, render_template, request, send_
 
 from b24app import PROJECT_ROOT, store
 from b24app.api import issue_page_token
-from b24app.bitrix import oauth_client
+from b24app.bitrix import oauth_client, rest_client
 from b24app.bitrix.frame import HandshakeError, parse_frame_request, verify_frame_request
+from b24app.bitrix.rest import RestError
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,21 @@ def _frame_page(mode):
         return render_template("error.html", message=exc.message), exc.status
 
     config = current_app.config
+    admin = _user_is_admin(info.client_endpoint, frame)
     portal = store.save_handshake(
         frame,
         info,
         server_endpoint=config["OAUTH_SERVER"] + "/rest/",
         install_finished=info.installed,
+        replace_tokens=admin,
     )
     log.info(
-        "Verified %s handshake for portal %s (%s), user %s, placement %s",
+        "Verified %s handshake for portal %s (%s), user %s%s, placement %s",
         mode,
         portal.member_id,
         portal.domain,
         info.user_id,
+        " (administrator)" if admin else "",
         frame.placement,
     )
     page_config = {
@@ -95,6 +99,15 @@ def _frame_page(mode):
     response.headers["Content-Security-Policy"] = _frame_page_policy(frame.portal_origin)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _user_is_admin(client_endpoint, frame):
+    """Return whether the frame's user administers the portal; False when it cannot be told."""
+    try:
+        return rest_client().user_is_admin(client_endpoint, frame.auth_id)
+    except RestError as exc:
+        log.warning("Portal %s: user.admin failed with %s", frame.member_id, exc.code)
+        return False
 
 
 def _frame_page_policy(portal_origin):

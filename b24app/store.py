@@ -18,13 +18,16 @@ def get_portal(member_id):
         return session.scalar(select(Portal).where(Portal.member_id == member_id))
 
 
-def save_handshake(frame, app_info, server_endpoint, install_finished):
+def save_handshake(frame, app_info, server_endpoint, install_finished, replace_tokens):
     """Store the portal and the tokens of a verified frame handshake; return the portal.
 
     :param frame: the verified :class:`~b24app.bitrix.frame.FrameRequest`.
     :param app_info: the OAuth server's :class:`~b24app.bitrix.oauth.AppInfo` for its token.
     :param server_endpoint: the OAuth server's REST endpoint that vouched for the token.
     :param install_finished: whether the portal reports the app as installed.
+    :param replace_tokens: whether the frame's tokens replace the stored ones. Only the access
+        token of a frame is proven, not its refresh token, so only an administrator's replace
+        stored tokens; anyone's fill an empty place.
     """
     now = utcnow()
     with transaction() as session:
@@ -38,12 +41,13 @@ def save_handshake(frame, app_info, server_endpoint, install_finished):
         portal.domain = frame.domain
         portal.client_endpoint = app_info.client_endpoint or frame.client_endpoint
         portal.server_endpoint = server_endpoint
-        portal.access_token = frame.auth_id
-        portal.refresh_token = frame.refresh_id
-        portal.expires_at = now + timedelta(seconds=frame.auth_expires)
+        if replace_tokens or not portal.refresh_token:
+            portal.access_token = frame.auth_id
+            portal.refresh_token = frame.refresh_id
+            portal.expires_at = now + timedelta(seconds=frame.auth_expires)
+            portal.user_id = app_info.user_id
         portal.scope = app_info.scope or frame.application_scope
         portal.status = app_info.status or frame.status
-        portal.user_id = app_info.user_id
         if install_finished:
             if portal.install_state != InstallState.INSTALLED:
                 portal.installed_at = now
@@ -144,4 +148,3 @@ def record_ping_sent(member_id, sent_at):
         session.execute(
             update(Portal).where(Portal.member_id == member_id).values(last_ping_at=sent_at)
         )
-

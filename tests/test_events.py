@@ -197,3 +197,48 @@ def test_an_oversized_event_is_refused_before_it_is_read(live_server):
         timeout=30,
     )
     assert response.status_code == 413
+
+
+def test_an_uninstall_the_portal_does_not_confirm_is_refused(live_server):
+    # Every user's frame carries the application_token, so knowing it proves nothing alone.
+    portal = install_with_handlers(live_server)
+    known_token = live_server.sandbox.frame_launch(portal.member_id, user_id=2).form[
+        "APPLICATION_TOKEN"
+    ]
+    before = stored(live_server, portal.member_id)
+
+    response = post_event(
+        live_server,
+        {
+            "event": "ONAPPUNINSTALL",
+            "data": {"CLEAN": "0"},
+            "auth": {"member_id": portal.member_id, "application_token": known_token},
+        },
+    )
+
+    assert response.status_code == 409
+    assert response.json() == {"error": "The portal still has the app installed."}
+    after = stored(live_server, portal.member_id)
+    assert after.install_state == InstallState.INSTALLED
+    assert (after.access_token, after.application_token) == (
+        before.access_token,
+        before.application_token,
+    )
+
+
+def test_an_uninstall_is_taken_even_when_onappinstall_never_arrived(live_server):
+    sandbox = live_server.sandbox
+    portal = sandbox.create_portal()
+    frame_post(sandbox.frame_launch(portal.member_id))
+    sandbox.bind_event(
+        portal.member_id, "ONAPPUNINSTALL", live_server.public_url + "/events", 0, 1
+    )
+    sandbox.finish_install(portal.member_id)
+    frame_post(sandbox.frame_launch(portal.member_id))
+    assert stored(live_server, portal.member_id).application_token is None
+
+    sandbox.uninstall(portal.member_id)
+    (delivery,) = sandbox.wait_for_event_deliveries(1)
+
+    assert (delivery.event, delivery.status) == ("ONAPPUNINSTALL", 200)
+    assert stored(live_server, portal.member_id).install_state == InstallState.UNINSTALLED

@@ -58,16 +58,27 @@ def test_placement_handshake_after_install_finish_marks_the_portal_installed(liv
     assert row.access_token == launch.form["AUTH_ID"]
 
 
-def test_a_non_admin_opening_the_app_is_verified_too(live_server):
+def test_a_non_admin_opening_the_app_keeps_the_administrators_tokens(live_server):
     sandbox = live_server.sandbox
     portal = sandbox.create_portal()
-    frame_post(sandbox.frame_launch(portal.member_id))
+    admin_launch = sandbox.frame_launch(portal.member_id)
+    frame_post(admin_launch)
     sandbox.finish_install(portal.member_id)
+    user_launch = sandbox.frame_launch(portal.member_id, user_id=2)
 
-    response = frame_post(sandbox.frame_launch(portal.member_id, user_id=2))
+    opened = frame_post(user_launch)
+    poisoned = frame_post(
+        sandbox.frame_launch(portal.member_id, user_id=2), {"REFRESH_ID": "poisoned"}
+    )
 
-    assert response.status_code == 200
-    assert stored(live_server, portal.member_id).user_id == 2
+    assert (opened.status_code, poisoned.status_code) == (200, 200)
+    row = stored(live_server, portal.member_id)
+    assert row.install_state == InstallState.INSTALLED
+    assert (row.access_token, row.refresh_token, row.user_id) == (
+        admin_launch.form["AUTH_ID"],
+        admin_launch.form["REFRESH_ID"],
+        1,
+    )
 
 
 @pytest.mark.parametrize("path", ["/app", "/install"])

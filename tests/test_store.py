@@ -50,12 +50,13 @@ def make_info(member_id="m" * 32, installed=True):
     )
 
 
-def save(frame=None, info=None):
+def save(frame=None, info=None, replace_tokens=True):
     return store.save_handshake(
         frame or make_frame(),
         info or make_info(),
         server_endpoint="https://oauth.bitrix.info/rest/",
         install_finished=(info or make_info()).installed,
+        replace_tokens=replace_tokens,
     )
 
 
@@ -77,6 +78,18 @@ def test_a_handshake_creates_then_updates_one_portal(store_app):
     assert portal.user_id == 7
     assert portal.expires_at.tzinfo is not None
     assert store.installed_member_ids() == ["m" * 32]
+
+
+def test_only_an_administrators_handshake_replaces_stored_tokens(store_app):
+    save(make_frame(auth_id="user-access", refresh_id="user-refresh"), replace_tokens=False)
+    portal = store.get_portal("m" * 32)
+    assert (portal.access_token, portal.refresh_token) == ("user-access", "user-refresh")
+
+    save(make_frame(auth_id="admin-access", refresh_id="admin-refresh"), replace_tokens=True)
+    save(make_frame(auth_id="user-access2", refresh_id="poisoned"), replace_tokens=False)
+
+    portal = store.get_portal("m" * 32)
+    assert (portal.access_token, portal.refresh_token) == ("admin-access", "admin-refresh")
 
 
 def test_refreshed_tokens_replace_the_stored_ones(store_app):

@@ -81,6 +81,14 @@ class RestClient:
         """
         return self._post(client_endpoint, access_token, method, params, member_id=None)
 
+    def user_is_admin(self, client_endpoint, access_token):
+        """Return whether the user ``access_token`` belongs to administers the portal.
+
+        :raise RestError: when the portal cannot answer.
+        """
+        answer = self.call_with_token(client_endpoint, access_token, "user.admin")
+        return answer["result"] is True
+
     def _post(self, client_endpoint, access_token, method, params, member_id):
         url = f"{client_endpoint}{method}"
         body = dict(params or {})
