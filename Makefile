@@ -31,9 +31,13 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 setup: $(VENV)/.requirements node_modules/.package-lock.json
 
+# `make run PORT=5001` moves the app and the sandbox portal to that port together.
+PORT_URLS = $(if $(filter command line,$(origin PORT)),\
+  B24_PUBLIC_URL=http://127.0.0.1:$(PORT) B24_SANDBOX_URL=http://localhost:$(PORT))
+
 run: setup
-	$(BIN)/flask --app wsgi db-upgrade
-	$(BIN)/flask --app wsgi serve --host $(HOST) --port $(PORT)
+	$(PORT_URLS) $(BIN)/flask --app wsgi db-upgrade
+	$(PORT_URLS) $(BIN)/flask --app wsgi serve --host $(HOST) --port $(PORT)
 
 # The browser tests drive Debian's Chromium; install it when missing and we may.
 browser:

@@ -36,7 +36,7 @@ def read_page_token(token):
     except SignatureExpired:
         raise ValueError("The page token has expired; reopen the app.") from None
     except BadSignature:
-        raise ValueError("The page token is not valid.") from None
+        raise ValueError("The page token is not valid; reopen the app.") from None
     return data["member_id"], data.get("user_id")
 
 

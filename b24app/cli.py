@@ -5,6 +5,7 @@ import threading
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,7 @@ def init_app(app):
 
 
 @click.command("db-upgrade")
+@with_appcontext
 def db_upgrade():
     """Apply all database migrations."""
     from b24app import migrations
@@ -28,6 +30,7 @@ def db_upgrade():
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
+@with_appcontext
 def serve(host, port):
     """Run the development server (threaded) with the ping scheduler inside it."""
     from werkzeug.serving import run_simple
@@ -35,6 +38,7 @@ def serve(host, port):
     from b24app.scheduler import start_scheduler
 
     app = current_app._get_current_object()
+    _require_migrated(app)
     running = start_scheduler(app) if app.config["SCHEDULER_IN_SERVER"] else None
     if app.config["SANDBOX"]:
         click.echo(f"Open the sandbox portal: {app.config['SANDBOX_URL']}/")
@@ -47,11 +51,14 @@ def serve(host, port):
 
 
 @click.command("scheduler")
+@with_appcontext
 def scheduler():
     """Run the ping scheduler on its own, for production (stop with Ctrl-C)."""
     from b24app.scheduler import start_scheduler
 
-    running = start_scheduler(current_app._get_current_object())
+    app = current_app._get_current_object()
+    _require_migrated(app)
+    running = start_scheduler(app)
     stop = threading.Event()
     try:
         stop.wait()
@@ -59,3 +66,13 @@ def scheduler():
         pass
     finally:
         running.shutdown()
+
+
+def _require_migrated(app):
+    """Stop with a clear message when the database lacks migrations."""
+    from b24app import migrations
+
+    if not migrations.is_up_to_date(app.config["DATABASE_URL"]):
+        raise click.ClickException(
+            "The database is not up to date: run `flask --app wsgi db-upgrade` first."
+        )

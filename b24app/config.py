@@ -49,6 +49,26 @@ def _env_bool(name, default):
     raise ConfigError(f"{name} must be true or false, got {raw!r}.")
 
 
+def _sandbox_secret_key(instance_path):
+    """Return the sandbox's secret key, made once and kept in the instance folder.
+
+    Keeping it lets app pages that are open across a restart of the server keep their tokens.
+    """
+    path = os.path.join(instance_path, "sandbox-secret-key")
+    try:
+        with open(path) as file:
+            key = file.read().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key)
+    return key
+
+
 def load_config(instance_path):
     """Return the app's settings as a dict, read from the environment.
 
@@ -108,7 +128,7 @@ def load_config(instance_path):
         # The sandbox portal plays the OAuth server too; nothing leaves this machine.
         config["OAUTH_SERVER"] = sandbox_url + SANDBOX_OAUTH_PATH
         config["B24_CLIENT_SECRET"] = config["B24_CLIENT_SECRET"] or SANDBOX_CLIENT_SECRET
-        config["SECRET_KEY"] = config["SECRET_KEY"] or secrets.token_hex(32)
+        config["SECRET_KEY"] = config["SECRET_KEY"] or _sandbox_secret_key(instance_path)
     else:
         missing = [
             name
@@ -125,6 +145,8 @@ def load_config(instance_path):
                 + ", ".join(missing)
                 + " as well (see .env.example)."
             )
+        if len(config["SECRET_KEY"]) < 32:
+            raise ConfigError("SECRET_KEY must be at least 32 characters long.")
         public = urlsplit(public_url)
         # A portal is served over https, and browsers block an http page framed inside it.
         if public.scheme != "https" and public.hostname not in LOOPBACK_HOSTS:

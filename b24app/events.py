@@ -23,6 +23,12 @@ bp = Blueprint("events", __name__)
 EVENT_NAME = re.compile(r"^[A-Z0-9_]{1,64}$")
 
 
+@bp.errorhandler(413)
+def event_too_large(error):
+    """Refuse an oversized event in the same JSON shape as every other refusal here."""
+    return {"error": "The event is larger than any portal sends."}, 413
+
+
 @bp.post("/events")
 def events():
     """Receive the portal's events (form-encoded with bracketed keys) and act on them."""

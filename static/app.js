@@ -147,9 +147,9 @@ async function fetchBackendStatus() {
     // A refused token stays refused, so asking again would only repeat the error.
     statusTokenRefused = error instanceof TokenRefused;
     panel.dataset.state = 'error';
-    const advice = statusTokenRefused ? ' Reopen the app to get a new session.' : '';
+    // The backend's refusal already says what to do.
     panel.querySelector('.panel-error').textContent =
-      `Backend status unavailable: ${describeError(error).replace(/\.$/, '')}.${advice}`;
+      `Backend status unavailable: ${describeError(error)}`;
   }
 }
 

@@ -37,7 +37,7 @@ def test_status_answers_for_the_page_token_portal(live_server):
     [
         (None, "A page token is required (Authorization: Bearer …)."),
         ("", "A page token is required (Authorization: Bearer …)."),
-        ("forged.token.value", "The page token is not valid."),
+        ("forged.token.value", "The page token is not valid; reopen the app."),
     ],
 )
 def test_status_refuses_a_missing_or_forged_token(live_server, token, message):
@@ -53,7 +53,7 @@ def test_status_refuses_a_token_signed_with_another_key(live_server):
     )
     response = status(live_server, forged)
     assert response.status_code == 401
-    assert response.json() == {"error": "The page token is not valid."}
+    assert response.json() == {"error": "The page token is not valid; reopen the app."}
 
 
 def test_status_refuses_an_expired_token(live_server_factory):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from b24app import PROJECT_ROOT, create_app
+from b24app import PROJECT_ROOT, create_app, migrations
 from b24app.config import SANDBOX_CLIENT_ID, ConfigError
 
 
@@ -38,7 +38,7 @@ def test_production_mode_needs_its_settings(monkeypatch):
 def test_production_mode_never_mounts_the_sandbox(monkeypatch):
     monkeypatch.setenv("B24_CLIENT_ID", "local.123.456")
     monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
-    monkeypatch.setenv("SECRET_KEY", "key")
+    monkeypatch.setenv("SECRET_KEY", "k" * 32)
     monkeypatch.setenv("B24_PUBLIC_URL", "https://app.example.com")
     app = create_app()
     assert app.config["SANDBOX"] is False
@@ -85,7 +85,7 @@ def test_unusable_settings_are_refused_with_their_name(monkeypatch, env, message
 def production(monkeypatch, public_url):
     monkeypatch.setenv("B24_CLIENT_ID", "local.123.456")
     monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
-    monkeypatch.setenv("SECRET_KEY", "key")
+    monkeypatch.setenv("SECRET_KEY", "k" * 32)
     monkeypatch.setenv("B24_PUBLIC_URL", public_url)
     return create_app()
 
@@ -113,3 +113,40 @@ def test_a_bad_setting_stops_wsgi_with_a_message_and_no_traceback(tmp_path):
     assert result.stderr.strip() == (
         "b24app cannot start: PING_INTERVAL must be a number, got 'soon'."
     )
+
+
+def test_production_refuses_a_short_secret_key(monkeypatch):
+    monkeypatch.setenv("B24_CLIENT_ID", "local.123.456")
+    monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
+    monkeypatch.setenv("SECRET_KEY", "short")
+    monkeypatch.setenv("B24_PUBLIC_URL", "https://app.example.com")
+    with pytest.raises(ConfigError, match="SECRET_KEY must be at least 32 characters long."):
+        create_app()
+
+
+def test_the_sandbox_keeps_its_secret_key_across_restarts(tmp_path):
+    first, second = create_app(), create_app()
+    key_file = tmp_path / "instance" / "sandbox-secret-key"
+    assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]
+    assert key_file.read_text() == first.config["SECRET_KEY"]
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("command", ["serve", "scheduler"])
+def test_commands_refuse_to_run_on_an_unmigrated_database(tmp_path, command):
+    app = create_app({"DATABASE_URL": "sqlite:///" + str(tmp_path / "empty.sqlite3")})
+    result = app.test_cli_runner().invoke(args=[command])
+    assert result.exit_code == 1
+    assert "The database is not up to date: run `flask --app wsgi db-upgrade` first." in (
+        result.output
+    )
+
+
+def test_db_upgrade_brings_the_database_up_to_date(tmp_path):
+    url = "sqlite:///" + str(tmp_path / "fresh.sqlite3")
+    app = create_app({"DATABASE_URL": url})
+    assert not migrations.is_up_to_date(url)
+    result = app.test_cli_runner().invoke(args=["db-upgrade"])
+    assert result.exit_code == 0
+    assert "Database is up to date." in result.output
+    assert migrations.is_up_to_date(url)

@@ -197,6 +197,7 @@ def test_an_oversized_event_is_refused_before_it_is_read(live_server):
         timeout=30,
     )
     assert response.status_code == 413
+    assert response.json() == {"error": "The event is larger than any portal sends."}
 
 
 def test_an_uninstall_the_portal_does_not_confirm_is_refused(live_server):

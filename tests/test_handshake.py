@@ -168,7 +168,7 @@ def test_a_domain_that_does_not_match_the_token_is_refused(live_server):
     response = frame_post(launch, query_changes={"DOMAIN": "victim.bitrix24.com"})
 
     assert response.status_code == 403
-    assert "belongs to another portal (DOMAIN)" in response.text
+    assert "DOMAIN is not the portal that the token belongs to." in response.text
     assert stored(live_server, portal.member_id) is None
 
 

@@ -17,7 +17,7 @@ def test_production_mode_verifies_stores_and_pings_through_a_real_oauth_server(
         env={
             "B24_CLIENT_ID": SANDBOX_CLIENT_ID,
             "B24_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
-            "SECRET_KEY": "production-test-key",
+            "SECRET_KEY": "production-test-key-" + "x" * 16,
             "B24_OAUTH_SERVER": bitrix.sandbox_url + "/oauth-server",
         },
         test_config={"DATABASE_URL": "sqlite:///" + str(tmp_path / "production.sqlite3")},

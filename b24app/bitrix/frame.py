@@ -156,5 +156,5 @@ def verify_frame_request(frame, oauth):
     if info.member_id != frame.member_id:
         raise HandshakeError(403, "The portal's token belongs to another portal (member_id).")
     if info.domain.lower() != frame.domain:
-        raise HandshakeError(403, "The portal's token belongs to another portal (DOMAIN).")
+        raise HandshakeError(403, "DOMAIN is not the portal that the token belongs to.")
     return info

@@ -4,6 +4,9 @@ import os
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
 
 MIGRATIONS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -19,3 +22,15 @@ def alembic_config(database_url):
 def upgrade(database_url, revision="head"):
     """Bring the database at ``database_url`` up to ``revision``."""
     command.upgrade(alembic_config(database_url), revision)
+
+
+def is_up_to_date(database_url):
+    """Return whether the database at ``database_url`` has every migration applied."""
+    heads = ScriptDirectory.from_config(alembic_config(database_url)).get_heads()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+    finally:
+        engine.dispose()
+    return set(current) == set(heads)
