@@ -272,3 +272,74 @@ def test_install_page_shows_the_portals_error(page, live_server):
     assert "<b>Bad</b> URL" in frame.text_content("#status")
     assert frame.locator("#steps b").count() == 0
     assert not live_server.sandbox.get_portal(portal.member_id).installed
+
+
+def scheduler_pings_pushed(server, member_id):
+    """Return the sequence numbers of the scheduler pings the sandbox pushed to a portal."""
+    return [
+        message.params["sequence"]
+        for message in list(server.sandbox.pushed_messages)
+        if message.member_id == member_id and message.params.get("source") == "scheduler"
+    ]
+
+
+def test_expired_tokens_are_renewed_in_the_frame_and_in_the_backend(page, live_server_factory):
+    from b24app.scheduler import start_scheduler
+
+    server = live_server_factory(
+        env={"PING_INTERVAL": "0.5", "SANDBOX_ACCESS_TOKEN_LIFETIME": "3"}
+    )
+    scheduler = start_scheduler(server.app)
+    try:
+        portal = install_app(page, server)
+        frame = app_frame(page)
+        frame.locator("body[data-pull='online']").wait_for(state="attached")
+        # Let the frame's token and the backend's stored token both outlive their 3 s.
+        page.wait_for_timeout(3500)
+
+        frame.click("#send-ping")
+        frame.locator("#ping-rows tr[data-source='browser']").wait_for(timeout=PAGE_TIMEOUT_MS)
+        before = max(scheduler_pings_pushed(server, portal.member_id), default=0)
+        wait_until(
+            lambda: max(scheduler_pings_pushed(server, portal.member_id), default=0) > before + 2,
+            timeout=15,
+            message="scheduler pings after the backend's token expired",
+        )
+    finally:
+        scheduler.shutdown()
+
+    # The frame asked its parent for fresh tokens; the backend refreshed through OAuth.
+    assert page.locator("#message-log li[data-command='refreshAuth']").count() >= 1
+    assert server.sandbox.refresh_counts.get(portal.member_id, 0) >= 1
+
+
+def test_pings_stop_after_an_uninstall_and_resume_after_a_reinstall(page, scheduled_server):
+    server = scheduled_server
+    portal = install_app(page, server)
+    wait_until(
+        lambda: len(scheduler_pings_pushed(server, portal.member_id)) >= 2,
+        timeout=15,
+        message="the first scheduler pings",
+    )
+
+    page.click("#uninstall-button")
+    page.locator("#install-button").wait_for(timeout=PAGE_TIMEOUT_MS)
+    wait_until(
+        lambda: stored_portal(server, portal.member_id).install_state == "uninstalled",
+        message="the app to record the uninstall",
+    )
+    last_before = max(scheduler_pings_pushed(server, portal.member_id))
+    # Three intervals with no ping to an uninstalled portal (one may have been under way).
+    page.wait_for_timeout(1500)
+    assert max(scheduler_pings_pushed(server, portal.member_id)) <= last_before + 1
+
+    page.click("#install-button")
+    frame = wait_for_app_state(page, "ready", timeout=INSTALL_TIMEOUT_MS)
+    frame.wait_for_function(
+        "n => window.appPings.some(m => m.params.source === 'scheduler' && m.params.sequence > n)",
+        arg=last_before + 1,
+        timeout=PAGE_TIMEOUT_MS,
+    )
+    row = stored_portal(server, portal.member_id)
+    assert row.install_state == "installed"
+    assert row.application_token == server.sandbox.get_portal(portal.member_id).application_token
