@@ -46,7 +46,7 @@ def events():
         return {"error": "The event's name or auth[member_id] is malformed."}, 400
 
     if event == "ONAPPINSTALL":
-        return _on_app_install(member_id, auth, payload)
+        return _on_app_install(member_id, auth)
 
     portal = store.get_portal(member_id)
     presented = auth.get("application_token", "")
@@ -93,7 +93,7 @@ def _app_still_installed(member_id):
     return isinstance(result, dict) and result.get("INSTALLED") is True
 
 
-def _on_app_install(member_id, auth, payload):
+def _on_app_install(member_id, auth):
     # The first event of an installation carries no secret we know yet: prove its token, and
     # that it is an administrator's, since only administrators install apps.
     access_token = str(auth.get("access_token", ""))

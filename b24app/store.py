@@ -49,12 +49,16 @@ def save_handshake(frame, app_info, server_endpoint, install_finished, replace_t
         portal.scope = app_info.scope or frame.application_scope
         portal.status = app_info.status or frame.status
         if install_finished:
-            if portal.install_state != InstallState.INSTALLED:
-                portal.installed_at = now
-            portal.install_state = InstallState.INSTALLED
+            _mark_installed(portal)
         elif portal.install_state == InstallState.UNINSTALLED:
             portal.install_state = InstallState.PENDING
     return portal
+
+
+def _mark_installed(portal):
+    if portal.install_state != InstallState.INSTALLED:
+        portal.installed_at = utcnow()
+    portal.install_state = InstallState.INSTALLED
 
 
 def save_tokens(member_id, tokens):
@@ -68,7 +72,6 @@ def save_tokens(member_id, tokens):
                 refresh_token=tokens.refresh_token,
                 expires_at=tokens.expires_at,
                 scope=tokens.scope or Portal.scope,
-                updated_at=utcnow(),
             )
         )
 
@@ -94,9 +97,7 @@ def record_install_event(member_id, application_token):
             return None
         if portal.application_token and not application_token_matches(portal, application_token):
             return False
-        if portal.install_state != InstallState.INSTALLED:
-            portal.installed_at = utcnow()
-        portal.install_state = InstallState.INSTALLED
+        _mark_installed(portal)
         portal.application_token = application_token
     return True
 
@@ -113,7 +114,6 @@ def mark_uninstalled(member_id):
                 refresh_token=None,
                 expires_at=None,
                 application_token=None,
-                updated_at=utcnow(),
             )
         )
 

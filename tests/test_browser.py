@@ -17,6 +17,8 @@ from browser_helpers import (
     wait_until,
 )
 
+from tests.conftest import stored
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
 
 pytestmark = pytest.mark.skipif(
@@ -95,14 +97,6 @@ def post_form(page, url, fields, target):
     )
 
 
-def stored_portal(server, member_id):
-    """Return the app's stored row for ``member_id``."""
-    from b24app import store
-
-    with server.app.app_context():
-        return store.get_portal(member_id)
-
-
 def test_scheduler_pings_reach_the_app_page(page, scheduled_server):
     server = scheduled_server
     portal = install_app(page, server)
@@ -129,7 +123,7 @@ def test_scheduler_pings_reach_the_app_page(page, scheduled_server):
     received = {(ping["params"]["sequence"], ping["params"]["param_1"]) for ping in pings}
     assert received <= pushed
 
-    assert stored_portal(server, portal.member_id).ping_sequence >= max(sequences)
+    assert stored(server, portal.member_id).ping_sequence >= max(sequences)
 
     newest_row = frame.locator("#ping-rows tr").first
     assert int(newest_row.get_attribute("data-sequence")) >= max(sequences)
@@ -216,9 +210,9 @@ def test_install_event_reaches_the_backend(page, live_server):
     )
     assert delivery.handler == f"{live_server.public_url}/events"
     assert delivery.status == 200
-    stored = stored_portal(live_server, portal.member_id)
-    assert stored.install_state == "installed"
-    assert stored.application_token == portal.application_token
+    row = stored(live_server, portal.member_id)
+    assert row.install_state == "installed"
+    assert row.application_token == portal.application_token
     assert [
         (bound.event, bound.handler)
         for bound in live_server.sandbox.bound_events(portal.member_id)
@@ -325,7 +319,7 @@ def test_pings_stop_after_an_uninstall_and_resume_after_a_reinstall(page, schedu
     page.click("#uninstall-button")
     page.locator("#install-button").wait_for(timeout=PAGE_TIMEOUT_MS)
     wait_until(
-        lambda: stored_portal(server, portal.member_id).install_state == "uninstalled",
+        lambda: stored(server, portal.member_id).install_state == "uninstalled",
         message="the app to record the uninstall",
     )
     last_before = max(scheduler_pings_pushed(server, portal.member_id))
@@ -340,6 +334,6 @@ def test_pings_stop_after_an_uninstall_and_resume_after_a_reinstall(page, schedu
         arg=last_before + 1,
         timeout=PAGE_TIMEOUT_MS,
     )
-    row = stored_portal(server, portal.member_id)
+    row = stored(server, portal.member_id)
     assert row.install_state == "installed"
     assert row.application_token == server.sandbox.get_portal(portal.member_id).application_token

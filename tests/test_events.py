@@ -39,6 +39,15 @@ def test_onappinstall_marks_the_portal_installed_and_keeps_its_application_token
     assert store_ids(live_server) == [portal.member_id]
 
 
+def uninstall_event(member_id, application_token, clean="0"):
+    """Return an ONAPPUNINSTALL body as a portal posts it (it carries no access token)."""
+    return {
+        "event": "ONAPPUNINSTALL",
+        "data": {"CLEAN": clean},
+        "auth": {"member_id": member_id, "application_token": application_token},
+    }
+
+
 def store_ids(server):
     with server.app.app_context():
         return store.installed_member_ids()
@@ -74,14 +83,7 @@ def test_a_forged_uninstall_changes_nothing(live_server):
     before = stored(live_server, portal.member_id)
 
     for token in ("wrong-token", ""):
-        response = post_event(
-            live_server,
-            {
-                "event": "ONAPPUNINSTALL",
-                "data": {"CLEAN": "1"},
-                "auth": {"member_id": portal.member_id, "application_token": token},
-            },
-        )
+        response = post_event(live_server, uninstall_event(portal.member_id, token, clean="1"))
         assert response.status_code == 403
         assert response.json() == {"error": "The event's application_token does not match."}
 
@@ -208,14 +210,7 @@ def test_an_uninstall_the_portal_does_not_confirm_is_refused(live_server):
     ]
     before = stored(live_server, portal.member_id)
 
-    response = post_event(
-        live_server,
-        {
-            "event": "ONAPPUNINSTALL",
-            "data": {"CLEAN": "0"},
-            "auth": {"member_id": portal.member_id, "application_token": known_token},
-        },
-    )
+    response = post_event(live_server, uninstall_event(portal.member_id, known_token))
 
     assert response.status_code == 409
     assert response.json() == {"error": "The portal still has the app installed."}
