@@ -41,6 +41,18 @@ class InstallState:
     UNINSTALLED = "uninstalled"
 
 
+class AccessProblem:
+    """Why the app has no working access to a portal; it ends when the app is opened again."""
+
+    # The refresh token was refused (``invalid_grant``, ``NO_AUTH_FOUND`` after a refresh).
+    NEEDS_REAUTH = "needs_reauth"
+    PAYMENT_REQUIRED = "payment_required"
+    PORTAL_DELETED = "portal_deleted"
+    NOT_INSTALLED = "not_installed"
+    # The portal answered from another address (renamed); its new address is not known yet.
+    MOVED = "moved"
+
+
 class Portal(Base):
     """A Bitrix24 portal (keyed by ``member_id``) with the OAuth tokens the app holds for it."""
 
@@ -57,11 +69,20 @@ class Portal(Base):
     scope: Mapped[str] = mapped_column(String(1024), default="")
     status: Mapped[str] = mapped_column(String(8), default="")
     user_id: Mapped[int | None] = mapped_column(Integer)
-    application_token: Mapped[str | None] = mapped_column(String(128))
+    # Encrypted, so longer than the token itself.
+    application_token: Mapped[str | None] = mapped_column(Text)
     install_state: Mapped[str] = mapped_column(String(16), default=InstallState.PENDING)
     ping_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     last_ping_at: Mapped[datetime | None] = mapped_column()
     installed_at: Mapped[datetime | None] = mapped_column()
+    # Why the portal cannot be called until the app is opened there again (an AccessProblem),
+    # with the error that said so and when.
+    access_problem: Mapped[str | None] = mapped_column(String(32))
+    access_problem_detail: Mapped[str | None] = mapped_column(String(255))
+    access_problem_at: Mapped[datetime | None] = mapped_column()
+    # Failures in a row that asked to wait (rate limits, outages), and until when to wait.
+    backoff_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    backoff_until: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

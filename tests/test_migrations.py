@@ -1,0 +1,21 @@
+"""The migrations build exactly the schema the models describe, on every database."""
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from b24app import migrations
+from b24app.models import Base
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_migrated_schema_matches_the_models(database_url):
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    finally:
+        engine.dispose()
+    assert differences == []
+    assert migrations.is_up_to_date(database_url)
