@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 MODULE_ID_PATTERN = re.compile(r"^[a-z0-9._]+$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Bitrix24's OAuth servers: the international one and the one of the Russian region.
+KNOWN_OAUTH_SERVERS = "https://oauth.bitrix.info,https://oauth.bitrix24.tech"
 
 # The sandbox app's credentials; they are only ever accepted by the sandbox's own OAuth server.
 SANDBOX_CLIENT_ID = "local.sandbox00000000.00000001"
@@ -69,6 +71,11 @@ def _sandbox_secret_key(instance_path):
     return key
 
 
+def _is_http_url(value):
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def load_config(instance_path):
     """Return the app's settings as a dict, read from the environment.
 
@@ -92,9 +99,16 @@ def load_config(instance_path):
         "PING_INTERVAL": _env_float("PING_INTERVAL", 1.0),
         "PULL_MODULE_ID": _env("PULL_MODULE_ID", "main"),
         "OAUTH_SERVER": _env("B24_OAUTH_SERVER", "https://oauth.bitrix.info").rstrip("/"),
+        "OAUTH_SERVERS": [
+            server.strip().rstrip("/")
+            for server in _env("B24_OAUTH_SERVERS", KNOWN_OAUTH_SERVERS).split(",")
+            if server.strip()
+        ],
         "PUBLIC_URL": public_url,
         "JSSDK_URL": _env("B24_JSSDK_URL", "/vendor/b24jssdk/index.min.js"),
         "REST_TIMEOUT": _env_float("REST_TIMEOUT", 10.0),
+        "REST_ATTEMPTS": _env_float("REST_ATTEMPTS", 3),
+        "BACKOFF_MAX": _env_float("BACKOFF_MAX", 300.0),
         "PAGE_TOKEN_MAX_AGE": _env_float("PAGE_TOKEN_MAX_AGE", 3600.0),
         "SCHEDULER_IN_SERVER": _env_bool("SCHEDULER_IN_SERVER", True),
         "SANDBOX_URL": sandbox_url,
@@ -112,12 +126,23 @@ def load_config(instance_path):
 
     if config["PING_INTERVAL"] <= 0:
         raise ConfigError("PING_INTERVAL must be a positive number of seconds.")
+    if config["REST_ATTEMPTS"] < 1 or config["REST_ATTEMPTS"] != int(config["REST_ATTEMPTS"]):
+        raise ConfigError("REST_ATTEMPTS must be a whole number of at least 1.")
+    config["REST_ATTEMPTS"] = int(config["REST_ATTEMPTS"])
+    if config["BACKOFF_MAX"] <= 0:
+        raise ConfigError("BACKOFF_MAX must be a positive number of seconds.")
     if config["LOG_LEVEL"] not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}.")
     for name in ("PUBLIC_URL", "OAUTH_SERVER", "SANDBOX_URL"):
-        parts = urlsplit(config[name])
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not _is_http_url(config[name]):
             raise ConfigError(f"B24_{name} must be an http(s) URL, got {config[name]!r}.")
+    for server in config["OAUTH_SERVERS"]:
+        if not _is_http_url(server):
+            raise ConfigError(f"B24_OAUTH_SERVERS must list http(s) URLs, got {server!r}.")
+    # The default server is always an allowed one, and the first.
+    config["OAUTH_SERVERS"] = [config["OAUTH_SERVER"]] + [
+        server for server in config["OAUTH_SERVERS"] if server != config["OAUTH_SERVER"]
+    ]
     if not MODULE_ID_PATTERN.match(config["PULL_MODULE_ID"]):
         raise ConfigError(
             "PULL_MODULE_ID may hold only lower-case letters, digits, dots and underscores; "
@@ -127,6 +152,7 @@ def load_config(instance_path):
     if sandbox:
         # The sandbox portal plays the OAuth server too; nothing leaves this machine.
         config["OAUTH_SERVER"] = sandbox_url + SANDBOX_OAUTH_PATH
+        config["OAUTH_SERVERS"] = [config["OAUTH_SERVER"]]
         config["B24_CLIENT_SECRET"] = config["B24_CLIENT_SECRET"] or SANDBOX_CLIENT_SECRET
         config["SECRET_KEY"] = config["SECRET_KEY"] or _sandbox_secret_key(instance_path)
     else:

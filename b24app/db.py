@@ -2,6 +2,10 @@
 
 Sessions are never kept open between units of work, so a long-running thread (the scheduler)
 always reads what other threads and processes have committed.
+
+A :func:`transaction` that selects rows ``with_for_update()`` holds them until it ends: a row lock
+on PostgreSQL; on SQLite, which has no row locks, every transaction of :func:`transaction` is an
+immediate one (``BEGIN IMMEDIATE``), holding the database's write lock from its first statement.
 """
 
 from contextlib import contextmanager
@@ -12,6 +16,9 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
 from b24app.config import ConfigError
+
+# The execution option that marks a connection's transaction as one that writes.
+_WRITING = "b24app_writing"
 
 
 def init_app(app):
@@ -27,6 +34,7 @@ def init_app(app):
         raise ConfigError(f"DATABASE_URL is not a usable database URL ({exc}).") from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "begin", _begin_sqlite)
     app.extensions["b24app.db"] = sessionmaker(bind=engine, expire_on_commit=False)
 
 
@@ -35,6 +43,16 @@ def _configure_sqlite(connection, record):
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # The driver would begin transactions itself, late and always deferred; _begin_sqlite
+    # begins them instead.
+    connection.isolation_level = None
+
+
+def _begin_sqlite(connection):
+    if connection.get_execution_options().get(_WRITING):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
 
 
 @contextmanager
@@ -47,5 +65,6 @@ def reading():
 @contextmanager
 def transaction():
     """Yield a session in a transaction: committed on success, rolled back on any error."""
-    with current_app.extensions["b24app.db"].begin() as session:
+    with current_app.extensions["b24app.db"]() as session, session.begin():
+        session.connection(execution_options={_WRITING: True})
         yield session

@@ -11,10 +11,9 @@ from flask import Blueprint, request
 
 from b24app import store
 from b24app.bitrix import oauth_client, rest_client
+from b24app.bitrix.errors import BitrixError
 from b24app.bitrix.forms import FormError, unflatten
 from b24app.bitrix.frame import MEMBER_ID_PATTERN
-from b24app.bitrix.oauth import OAuthError
-from b24app.bitrix.rest import RestError
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,8 @@ def _on_app_uninstall(member_id, portal, presented):
 def _app_still_installed(member_id):
     """Return whether the portal still answers the app's stored token with an installed app."""
     try:
-        answer = rest_client().call(member_id, "app.info")
-    except RestError as exc:
+        answer = rest_client().call(member_id, "app.info", attempts=1)
+    except BitrixError as exc:
         # Refused tokens are what an uninstall looks like. A portal that cannot be reached
         # proves nothing either way, and the event did carry the right application_token.
         log.info("Portal %s: app.info after ONAPPUNINSTALL failed with %s", member_id, exc.code)
@@ -101,8 +100,8 @@ def _on_app_install(member_id, auth):
     if not access_token or not application_token:
         return {"error": "ONAPPINSTALL needs auth[access_token] and auth[application_token]."}, 400
     try:
-        info = oauth_client().app_info(access_token)
-    except OAuthError as exc:
+        info = oauth_client().app_info(access_token, str(auth.get("server_endpoint", "")))
+    except BitrixError as exc:
         log.warning("Refused ONAPPINSTALL for portal %s: %s", member_id, exc.code)
         return {"error": f"The OAuth server rejected the event's token ({exc.code})."}, 403
     if info.client_id != oauth_client().client_id or info.member_id != member_id:
@@ -112,7 +111,7 @@ def _on_app_install(member_id, auth):
         return {"error": "The event's token belongs to another application or portal."}, 403
     try:
         admin = rest_client().user_is_admin(info.client_endpoint, access_token)
-    except RestError as exc:
+    except BitrixError as exc:
         log.warning(
             "Refused ONAPPINSTALL for portal %s: user.admin failed, %s", member_id, exc.code
         )

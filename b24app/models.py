@@ -44,12 +44,13 @@ class InstallState:
 class AccessProblem:
     """Why the app has no working access to a portal; it ends when the app is opened again."""
 
-    # The refresh token was refused (``invalid_grant``, ``NO_AUTH_FOUND`` after a refresh).
+    # The tokens were refused for good (``invalid_grant``, ``NO_AUTH_FOUND`` after a refresh).
     NEEDS_REAUTH = "needs_reauth"
     PAYMENT_REQUIRED = "payment_required"
     PORTAL_DELETED = "portal_deleted"
     NOT_INSTALLED = "not_installed"
-    # The portal answered from another address (renamed); its new address is not known yet.
+    # The portal answered from another address (renamed); its new address comes with the
+    # next frame the portal opens.
     MOVED = "moved"
 
 

@@ -9,8 +9,8 @@ from flask import Blueprint, abort, current_app, render_template, request, send_
 from b24app import PROJECT_ROOT, store
 from b24app.api import issue_page_token
 from b24app.bitrix import oauth_client, rest_client
+from b24app.bitrix.errors import BitrixError
 from b24app.bitrix.frame import HandshakeError, parse_frame_request, verify_frame_request
-from b24app.bitrix.rest import RestError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _frame_page(mode):
     portal = store.save_handshake(
         frame,
         info,
-        server_endpoint=config["OAUTH_SERVER"] + "/rest/",
+        server_endpoint=oauth_client().server_endpoint(frame.server_endpoint),
         install_finished=info.installed,
         replace_tokens=admin,
     )
@@ -105,7 +105,7 @@ def _user_is_admin(client_endpoint, frame):
     """Return whether the frame's user administers the portal; False when it cannot be told."""
     try:
         return rest_client().user_is_admin(client_endpoint, frame.auth_id)
-    except RestError as exc:
+    except BitrixError as exc:
         log.warning("Portal %s: user.admin failed with %s", frame.member_id, exc.code)
         return False
 

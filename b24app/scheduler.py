@@ -3,7 +3,9 @@
 Each tick is claimed in the database before it is acted on, so when several processes run a
 scheduler (web workers, a separate scheduler command) every tick is sent by exactly one of them.
 Each portal's ping runs on a worker pool: a slow or failing portal never holds up the others,
-and a portal whose previous ping is still under way is skipped rather than piled up.
+and a portal whose previous ping is still under way is skipped rather than piled up. A portal
+that asked the app to back off is skipped until its backoff ends, and one that shut the app out
+(see :class:`~b24app.models.AccessProblem`) is not pinged until the app is opened there again.
 """
 
 import logging
@@ -21,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from b24app import store
 from b24app.bitrix import rest_client
-from b24app.bitrix.rest import RestError
+from b24app.bitrix.errors import AccessLost, BitrixError, CallRejected, RetryLater
 from b24app.db import transaction
 from b24app.models import SchedulerClaim, utcnow
 
@@ -79,7 +81,7 @@ def ping_params(sequence, sent_at):
 def send_ping(member_id, module_id):
     """Send one ping to the portal with ``member_id``; return its sequence number.
 
-    :raise RestError: when the portal does not accept it.
+    :raise BitrixError: when the portal does not accept it.
     """
     sequence = store.next_ping_sequence(member_id)
     sent_at = time.time()
@@ -88,6 +90,9 @@ def send_ping(member_id, module_id):
         member_id,
         "pull.application.event.add",
         {"COMMAND": "ping", "PARAMS": ping_params(sequence, sent_at), "MODULE_ID": module_id},
+        # A ping is not repeated: the next tick sends a newer one, and waiting here would hold
+        # a worker that other portals' pings need. A failure backs the portal off instead.
+        attempts=1,
     )
     store.record_ping_sent(member_id, utcnow())
     log.debug(
@@ -113,6 +118,8 @@ class PingScheduler:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ping")
         self._in_flight = set()
         self._in_flight_lock = threading.Lock()
+        # The backoff each portal was last reported skipped for, to say so once per backoff.
+        self._skipped_backoffs = {}
         self._scheduler = BackgroundScheduler(timezone="UTC")
         # Fire mid-interval, well away from the tick boundaries that claims are keyed on.
         first = (math.floor(time.time() / self.interval) + 1.5) * self.interval
@@ -147,8 +154,13 @@ class PingScheduler:
         with self.app.app_context():
             if not claim_tick(PING_JOB, tick):
                 return
-            member_ids = store.installed_member_ids()
-        for member_id in member_ids:
+            portals = store.pingable_portals()
+        now = utcnow()
+        for member_id, backoff_until in portals:
+            if backoff_until and backoff_until > now:
+                self._report_skip(member_id, backoff_until)
+                continue
+            self._skipped_backoffs.pop(member_id, None)
             with self._in_flight_lock:
                 if member_id in self._in_flight:
                     log.info("Portal %s: previous ping still under way, skipped", member_id)
@@ -156,12 +168,25 @@ class PingScheduler:
                 self._in_flight.add(member_id)
             self._pool.submit(self._ping, member_id)
 
+    def _report_skip(self, member_id, backoff_until):
+        if self._skipped_backoffs.get(member_id) != backoff_until:
+            self._skipped_backoffs[member_id] = backoff_until
+            log.info(
+                "Portal %s: backing off, pings skipped until %s UTC",
+                member_id,
+                f"{backoff_until:%X}",
+            )
+
     def _ping(self, member_id):
         try:
             with self.app.app_context():
                 send_ping(member_id, self.module_id)
-        except RestError as exc:
-            log.warning("Ping to portal %s failed: %s %s", member_id, exc.code, exc.description)
+        except (RetryLater, AccessLost):
+            pass  # The REST client has logged it, with the backoff or the access problem.
+        except CallRejected as exc:
+            log.error("Ping to portal %s rejected: %s", member_id, exc)
+        except BitrixError as exc:
+            log.warning("Ping to portal %s failed: %s", member_id, exc)
         except Exception:
             log.exception("Ping to portal %s failed unexpectedly", member_id)
         finally:

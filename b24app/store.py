@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from b24app.bitrix.errors import AccessLost, CallRejected
 from b24app.db import reading, transaction
 from b24app.models import InstallState, Portal, utcnow
 
@@ -41,11 +42,17 @@ def save_handshake(frame, app_info, server_endpoint, install_finished, replace_t
         portal.domain = frame.domain
         portal.client_endpoint = app_info.client_endpoint or frame.client_endpoint
         portal.server_endpoint = server_endpoint
-        if replace_tokens or not portal.refresh_token:
+        # Tokens the portal no longer accepts are as good as none.
+        if replace_tokens or not portal.refresh_token or portal.access_problem:
             portal.access_token = frame.auth_id
             portal.refresh_token = frame.refresh_id
             portal.expires_at = now + timedelta(seconds=frame.auth_expires)
             portal.user_id = app_info.user_id
+            if portal.access_problem:
+                log.info(
+                    "Portal %s: access restored (was %s)", frame.member_id, portal.access_problem
+                )
+            _clear_access_problem(portal)
         portal.scope = app_info.scope or frame.application_scope
         portal.status = app_info.status or frame.status
         if install_finished:
@@ -61,18 +68,114 @@ def _mark_installed(portal):
     portal.install_state = InstallState.INSTALLED
 
 
-def save_tokens(member_id, tokens):
-    """Store a refreshed token pair for ``member_id``."""
+def _locked_portal(session, member_id):
+    """Return the portal's row, locked until the session's transaction ends (see ``db``)."""
+    return session.scalar(select(Portal).where(Portal.member_id == member_id).with_for_update())
+
+
+def renew_tokens(member_id, refused_access_token, refresh):
+    """Return the access token to use instead of ``refused_access_token``, refreshing at most once.
+
+    The portal's row stays locked from before the stored tokens are read until the new ones are
+    stored, across threads and processes. Whoever finds the stored access token changed since
+    theirs was refused takes the stored one; only who finds it unchanged refreshes. A refresh
+    that loses access records the portal's access problem in the same locked step, so it can
+    never overwrite tokens stored meanwhile.
+
+    :param refresh: ``refresh(refresh_token, server_endpoint)``, returning a
+        :class:`~b24app.bitrix.oauth.TokenSet`.
+    :raise BitrixError: what ``refresh`` raises; ``CallRejected`` (``NO_TOKENS``) when nothing
+        is stored, ``AccessLost`` when the portal already has an access problem.
+    """
+    with transaction() as session:
+        portal = _locked_portal(session, member_id)
+        if portal is None or not portal.refresh_token:
+            raise CallRejected(
+                "NO_TOKENS", "No tokens are stored for the portal.", member_id=member_id
+            )
+        if portal.access_problem:
+            raise AccessLost(
+                portal.access_problem,
+                portal.access_problem_detail or "",
+                problem=portal.access_problem,
+                member_id=member_id,
+            )
+        if portal.access_token != refused_access_token:
+            return portal.access_token
+        try:
+            tokens = refresh(portal.refresh_token, portal.server_endpoint)
+        except AccessLost as exc:
+            exc.member_id = member_id
+            _set_access_problem(portal, exc)
+            lost = exc
+        else:
+            portal.access_token = tokens.access_token
+            portal.refresh_token = tokens.refresh_token
+            portal.expires_at = tokens.expires_at
+            portal.scope = tokens.scope or portal.scope
+            # The OAuth server knows the portal's current address, renamed or not.
+            if tokens.client_endpoint and tokens.member_id == member_id:
+                portal.client_endpoint = tokens.client_endpoint
+            log.info("Portal %s: tokens refreshed", member_id)
+            return tokens.access_token
+    log.warning("Portal %s: token refresh refused, %s: %s", member_id, lost.problem, lost.code)
+    raise lost
+
+
+def mark_access_problem(member_id, error, access_token):
+    """Record that the portal shut the app out, if ``access_token`` is still the stored one.
+
+    :param error: the :class:`~b24app.bitrix.errors.AccessLost` that says why.
+    :return: whether the problem was recorded (a late failure of replaced tokens is not).
+    """
+    with transaction() as session:
+        portal = _locked_portal(session, member_id)
+        if portal is None or portal.access_token != access_token or portal.access_problem:
+            return False
+        _set_access_problem(portal, error)
+    log.warning(
+        "Portal %s: %s (%s); not called until the app is opened there again",
+        member_id,
+        error.problem,
+        error.code,
+    )
+    return True
+
+
+def _set_access_problem(portal, error):
+    portal.access_problem = error.problem
+    portal.access_problem_detail = f"{error.code}: {error.description}"[:255]
+    portal.access_problem_at = utcnow()
+
+
+def _clear_access_problem(portal):
+    portal.access_problem = None
+    portal.access_problem_detail = None
+    portal.access_problem_at = None
+
+
+def record_backoff(member_id, delay_after):
+    """Count one more failure in a row for the portal and back off; return until when.
+
+    :param delay_after: ``delay_after(failures)``, the backoff (a ``timedelta``) after that many
+        failures in a row.
+    """
+    with transaction() as session:
+        portal = _locked_portal(session, member_id)
+        if portal is None:
+            return utcnow()
+        portal.backoff_failures += 1
+        portal.backoff_until = utcnow() + delay_after(portal.backoff_failures)
+        return portal.backoff_until
+
+
+def clear_backoff(member_id):
+    """Forget the portal's failures in a row: a call went through."""
     with transaction() as session:
         session.execute(
             update(Portal)
             .where(Portal.member_id == member_id)
-            .values(
-                access_token=tokens.access_token,
-                refresh_token=tokens.refresh_token,
-                expires_at=tokens.expires_at,
-                scope=tokens.scope or Portal.scope,
-            )
+            .values(backoff_failures=0, backoff_until=None)
         )
 
 
@@ -114,18 +217,28 @@ def mark_uninstalled(member_id):
                 refresh_token=None,
                 expires_at=None,
                 application_token=None,
+                access_problem=None,
+                access_problem_detail=None,
+                access_problem_at=None,
+                backoff_failures=0,
+                backoff_until=None,
             )
         )
 
 
-def installed_member_ids():
-    """Return the member ids of every portal that has the app installed and tokens for it."""
+def pingable_portals():
+    """Return ``(member_id, backoff_until)`` of every portal the app can call.
+
+    Those are the portals that have the app installed, tokens for it and no access problem;
+    ``backoff_until`` is None or when the portal's backoff ends.
+    """
     with reading() as session:
         return list(
-            session.scalars(
-                select(Portal.member_id)
+            session.execute(
+                select(Portal.member_id, Portal.backoff_until)
                 .where(Portal.install_state == InstallState.INSTALLED)
                 .where(Portal.refresh_token.is_not(None))
+                .where(Portal.access_problem.is_(None))
                 .order_by(Portal.id)
             )
         )

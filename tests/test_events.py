@@ -50,7 +50,7 @@ def uninstall_event(member_id, application_token, clean="0"):
 
 def store_ids(server):
     with server.app.app_context():
-        return store.installed_member_ids()
+        return [member_id for member_id, _ in store.pingable_portals()]
 
 
 def test_onappinstall_with_a_token_the_oauth_server_rejects_changes_nothing(live_server):

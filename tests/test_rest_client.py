@@ -7,10 +7,10 @@ from sqlalchemy import update
 
 from b24app import store
 from b24app.bitrix import rest_client
-from b24app.bitrix.rest import RestError
+from b24app.bitrix.errors import AccessLost, BitrixError, CallRejected, RetryLater
 from b24app.db import transaction
 from b24app.models import Portal
-from tests.conftest import install_portal
+from tests.conftest import install_portal, stored
 
 
 def set_portal(server, member_id, **values):
@@ -68,24 +68,24 @@ def test_concurrent_calls_with_an_expired_token_refresh_once(live_server):
     assert live_server.sandbox.refresh_counts[portal.member_id] == 1
 
 
-def test_a_refused_refresh_is_an_error_and_keeps_the_stored_tokens(live_server):
+def test_a_refused_refresh_marks_the_portal_and_keeps_the_stored_tokens(live_server):
     portal = install_portal(live_server)
     set_portal(live_server, portal.member_id, refresh_token="not-a-real-refresh-token")
     live_server.sandbox.expire_access_tokens(portal.member_id)
     before = tokens(live_server, portal.member_id)
 
-    with pytest.raises(RestError) as error:
+    with pytest.raises(AccessLost) as error:
         call(live_server, portal.member_id, "server.time")
 
-    assert error.value.code == "REFRESH_FAILED"
-    assert "invalid_grant" in error.value.description
+    assert (error.value.code, error.value.problem) == ("invalid_grant", "needs_reauth")
     assert tokens(live_server, portal.member_id) == before
+    assert stored(live_server, portal.member_id).access_problem == "needs_reauth"
 
 
 def test_a_portal_error_keeps_its_code_and_status(live_server):
     portal = install_portal(live_server)
 
-    with pytest.raises(RestError) as error:
+    with pytest.raises(CallRejected) as error:
         call(live_server, portal.member_id, "no.such.method")
 
     assert (error.value.code, error.value.status) == ("ERROR_METHOD_NOT_FOUND", 404)
@@ -94,7 +94,7 @@ def test_a_portal_error_keeps_its_code_and_status(live_server):
 
 
 def test_an_unknown_portal_has_no_tokens(live_server):
-    with pytest.raises(RestError) as error:
+    with pytest.raises(CallRejected) as error:
         call(live_server, "0" * 32, "server.time")
     assert error.value.code == "NO_TOKENS"
 
@@ -106,7 +106,7 @@ def test_an_unreachable_portal_is_a_network_error(live_server):
         port = unused.getsockname()[1]
     set_portal(live_server, portal.member_id, client_endpoint=f"http://127.0.0.1:{port}/rest/")
 
-    with pytest.raises(RestError) as error:
+    with pytest.raises(RetryLater) as error:
         call(live_server, portal.member_id, "server.time")
 
     assert error.value.code == "NETWORK_ERROR"
@@ -117,8 +117,8 @@ def test_an_answer_that_is_not_json_is_a_clear_error(live_server):
     # The app's own front page answers a POST with an HTML error page.
     set_portal(live_server, portal.member_id, client_endpoint=live_server.public_url + "/")
 
-    with pytest.raises(RestError) as error:
+    with pytest.raises(BitrixError) as error:
         call(live_server, portal.member_id, "")
 
     assert error.value.code == "BAD_RESPONSE"
-    assert "HTTP 405 without JSON" in error.value.description
+    assert error.value.description == "The portal gave an answer that is not JSON (HTTP 405)."

@@ -9,7 +9,7 @@ from b24app import store
 from b24app.db import transaction
 from b24app.models import Portal
 from b24app.scheduler import start_scheduler
-from tests.conftest import install_portal
+from tests.conftest import install_portal, stored
 
 
 def wait_until(condition, timeout=15.0):
@@ -96,15 +96,17 @@ def test_a_portal_that_hangs_does_not_delay_the_others(live_server_factory, capl
     assert f"Portal {hanging.member_id}: previous ping still under way, skipped" in messages
 
 
-def test_a_failing_portal_is_logged_and_the_others_keep_their_pings(live_server_factory, caplog):
-    caplog.set_level(logging.WARNING, logger="b24app.scheduler")
+def test_a_portal_that_lost_access_is_marked_and_the_others_keep_their_pings(
+    live_server_factory, caplog
+):
+    caplog.set_level(logging.WARNING, logger="b24app")
     server = live_server_factory(env={"PING_INTERVAL": "0.2"})
     healthy, failing = install_portal(server), install_portal(server)
     with server.app.app_context(), transaction() as session:
         session.execute(
             update(Portal)
             .where(Portal.member_id == failing.member_id)
-            .values(access_token="revoked-token")
+            .values(access_token="revoked-token", refresh_token="used-refresh-token")
         )
 
     scheduler = start_scheduler(server.app)
@@ -114,7 +116,13 @@ def test_a_failing_portal_is_logged_and_the_others_keep_their_pings(live_server_
         scheduler.shutdown()
 
     assert pings_to(server, failing.member_id) == []
-    assert any(
-        f"Ping to portal {failing.member_id} failed: NO_AUTH_FOUND" in record.getMessage()
+    assert stored(server, failing.member_id).access_problem == "needs_reauth"
+    refusals = [
+        record.getMessage()
         for record in caplog.records
-    )
+        if record.getMessage().startswith(f"Portal {failing.member_id}: token refresh refused")
+    ]
+    # Refused once, then no longer called.
+    assert refusals == [
+        f"Portal {failing.member_id}: token refresh refused, needs_reauth: invalid_grant"
+    ]

@@ -5,9 +5,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from b24app import create_app, store
+from b24app.bitrix.errors import AccessLost, RetryLater
 from b24app.bitrix.frame import FrameRequest
 from b24app.bitrix.oauth import AppInfo, TokenSet
-from b24app.models import InstallState
+from b24app.models import AccessProblem, InstallState
 from b24app.scheduler import claim_tick
 
 
@@ -77,7 +78,7 @@ def test_a_handshake_creates_then_updates_one_portal(store_app):
     assert portal.server_endpoint == "https://oauth.bitrix.info/rest/"
     assert portal.user_id == 7
     assert portal.expires_at.tzinfo is not None
-    assert store.installed_member_ids() == ["m" * 32]
+    assert store.pingable_portals() == [("m" * 32, None)]
 
 
 def test_only_an_administrators_handshake_replaces_stored_tokens(store_app):
@@ -92,17 +93,124 @@ def test_only_an_administrators_handshake_replaces_stored_tokens(store_app):
     assert (portal.access_token, portal.refresh_token) == ("admin-access", "admin-refresh")
 
 
-def test_refreshed_tokens_replace_the_stored_ones(store_app):
-    save()
+def fresh_tokens():
     expires_at = datetime.now(UTC) + timedelta(hours=1)
-    store.save_tokens(
+    return TokenSet(
+        "access9",
+        "refresh9",
+        expires_at,
         "m" * 32,
-        TokenSet("access9", "refresh9", expires_at, "m" * 32, "", "", "pull,crm", "L", 7),
+        "https://renamed.bitrix24.com/rest/",
+        "https://oauth.bitrix.info/rest/",
+        "pull,crm",
+        "L",
+        7,
     )
+
+
+def test_renewing_refreshes_the_refused_tokens_and_stores_the_new_ones(store_app):
+    save()
+    asked = []
+
+    def refresh(refresh_token, server_endpoint):
+        asked.append((refresh_token, server_endpoint))
+        return fresh_tokens()
+
+    assert store.renew_tokens("m" * 32, "access1", refresh) == "access9"
+
+    assert asked == [("refresh1", "https://oauth.bitrix.info/rest/")]
     portal = store.get_portal("m" * 32)
     assert (portal.access_token, portal.refresh_token) == ("access9", "refresh9")
     assert portal.scope == "pull,crm"
-    assert abs((portal.expires_at - expires_at).total_seconds()) < 1
+    assert portal.client_endpoint == "https://renamed.bitrix24.com/rest/"
+
+
+def test_renewing_tokens_that_changed_meanwhile_takes_the_stored_ones(store_app):
+    save()
+
+    def refresh(refresh_token, server_endpoint):
+        raise AssertionError("must not refresh")
+
+    assert store.renew_tokens("m" * 32, "an-older-access-token", refresh) == "access1"
+
+
+def test_a_lost_refresh_marks_the_portal_and_keeps_its_tokens(store_app):
+    save()
+
+    def refresh(refresh_token, server_endpoint):
+        raise AccessLost("invalid_grant", "Invalid grant", problem=AccessProblem.NEEDS_REAUTH)
+
+    with pytest.raises(AccessLost):
+        store.renew_tokens("m" * 32, "access1", refresh)
+
+    portal = store.get_portal("m" * 32)
+    assert (portal.access_token, portal.refresh_token) == ("access1", "refresh1")
+    assert portal.access_problem == "needs_reauth"
+    assert portal.access_problem_detail == "invalid_grant: Invalid grant"
+    assert store.pingable_portals() == []
+    # Others asking to renew meanwhile are told at once, without a refresh.
+    with pytest.raises(AccessLost):
+        store.renew_tokens("m" * 32, "access1", refresh)
+
+
+def test_a_failed_refresh_that_is_not_lost_access_changes_nothing(store_app):
+    save()
+
+    def refresh(refresh_token, server_endpoint):
+        raise RetryLater("TIMEOUT", "The OAuth server could not be reached (ReadTimeout).")
+
+    with pytest.raises(RetryLater):
+        store.renew_tokens("m" * 32, "access1", refresh)
+
+    portal = store.get_portal("m" * 32)
+    assert (portal.access_token, portal.refresh_token) == ("access1", "refresh1")
+    assert portal.access_problem is None
+
+
+def test_a_late_failure_never_marks_a_portal_whose_tokens_changed(store_app):
+    save()
+    lost = AccessLost("NO_AUTH_FOUND", "Wrong authorization data", problem="needs_reauth")
+
+    assert store.mark_access_problem("m" * 32, lost, access_token="an-older-token") is False
+    assert store.get_portal("m" * 32).access_problem is None
+    assert store.mark_access_problem("m" * 32, lost, access_token="access1") is True
+    assert store.get_portal("m" * 32).access_problem == "needs_reauth"
+
+
+def test_opening_the_app_again_ends_the_access_problem(store_app):
+    save()
+    lost = AccessLost("PAYMENT_REQUIRED", "", problem=AccessProblem.PAYMENT_REQUIRED)
+    store.mark_access_problem("m" * 32, lost, access_token="access1")
+
+    # Anyone's verified frame replaces tokens the portal no longer accepts.
+    save(make_frame(auth_id="access2", refresh_id="refresh2"), replace_tokens=False)
+
+    portal = store.get_portal("m" * 32)
+    assert (portal.access_token, portal.access_problem, portal.access_problem_at) == (
+        "access2",
+        None,
+        None,
+    )
+    assert store.pingable_portals() == [("m" * 32, None)]
+
+
+def test_backoff_grows_with_failures_in_a_row_and_ends_with_a_success(store_app):
+    save()
+    seen = []
+
+    def delay_after(failures):
+        seen.append(failures)
+        return timedelta(seconds=10 * failures)
+
+    first = store.record_backoff("m" * 32, delay_after)
+    second = store.record_backoff("m" * 32, delay_after)
+
+    assert seen == [1, 2]
+    assert timedelta(seconds=9) < second - first < timedelta(seconds=11)
+    assert store.pingable_portals() == [("m" * 32, second)]
+    store.clear_backoff("m" * 32)
+    portal = store.get_portal("m" * 32)
+    assert (portal.backoff_failures, portal.backoff_until) == (0, None)
 
 
 def test_an_uninstalled_portal_loses_its_tokens_and_its_pings(store_app):
@@ -116,7 +224,7 @@ def test_an_uninstalled_portal_loses_its_tokens_and_its_pings(store_app):
         None,
         None,
     )
-    assert store.installed_member_ids() == []
+    assert store.pingable_portals() == []
 
 
 def test_an_install_event_keeps_the_first_application_token(store_app):

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from b24app.bitrix.oauth import OAuthError
+from b24app.bitrix.errors import BitrixError, RetryLater
 
 MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
@@ -135,17 +135,23 @@ def verify_frame_request(frame, oauth):
     """Prove that the frame's access token belongs to this app on the portal it claims.
 
     :param frame: the parsed :class:`FrameRequest`.
-    :param oauth: the :class:`~b24app.bitrix.oauth.OAuthClient` of the OAuth server to ask.
+    :param oauth: the :class:`~b24app.bitrix.oauth.OAuthClient`; the portal's own OAuth server
+        (``SERVER_ENDPOINT``, when sent) is asked, if it is an allowed one.
     :return: the OAuth server's :class:`~b24app.bitrix.oauth.AppInfo` for the token.
     :raise HandshakeError: 403 when the token is rejected or belongs to another app or
-        portal, 502 when the OAuth server cannot be asked.
+        portal, 400 for an OAuth server outside the allow-list, 502 when the OAuth server
+        cannot be asked.
     """
     try:
-        info = oauth.app_info(frame.auth_id)
-    except OAuthError as exc:
-        if exc.code in ("network_error", "bad_response"):
+        info = oauth.app_info(frame.auth_id, frame.server_endpoint)
+    except RetryLater:
+        raise HandshakeError(
+            502, "The OAuth server could not confirm the portal's token; try again."
+        ) from None
+    except BitrixError as exc:
+        if exc.code == "OAUTH_SERVER_NOT_ALLOWED":
             raise HandshakeError(
-                502, "The OAuth server could not confirm the portal's token; try again."
+                400, "SERVER_ENDPOINT is not one of the OAuth servers this app trusts."
             ) from None
         raise HandshakeError(
             403, f"The OAuth server rejected the portal's token ({exc.code})."

@@ -1,38 +1,38 @@
-"""The REST client: calls a portal's methods with its stored tokens, refreshing them on expiry."""
+"""The REST client: calls a portal's methods with its stored tokens, renewing them on expiry.
+
+Each failure is a :mod:`~b24app.bitrix.errors` type. Tokens are renewed once for everyone: the
+store locks the portal's row, re-reads the tokens and refreshes only if they are still the
+refused ones. A portal that rate-limits or fails is retried a few times with jittered,
+growing waits and then left alone until its backoff ends; one that no longer lets the app in is
+marked with its access problem and left alone until the app is opened there again.
+"""
 
 import logging
-import threading
+import random
+from datetime import timedelta
 
 import requests
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from b24app import store
-from b24app.bitrix.oauth import OAuthError
+from b24app.bitrix.errors import (
+    AccessLost,
+    AccessProblem,
+    CallRejected,
+    RetryLater,
+    TokenExpired,
+    answer_json,
+    error_for,
+    retry_after,
+    transport_error,
+)
+from b24app.models import utcnow
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "b24app/0.1 (+requests)"
-# The portal's answers to an access token that has expired.
-REFRESHABLE_ERRORS = {"expired_token", "invalid_token"}
-# Its answers to a token it does not know, which is also what a token replaced by a refresh
-# may get: worth repeating with the stored token if that has changed meanwhile.
-AUTH_ERRORS = REFRESHABLE_ERRORS | {"NO_AUTH_FOUND"}
-
-
-class RestError(Exception):
-    """A REST call failed; ``code`` is the portal's error code or one of our own.
-
-    Our own codes: ``NETWORK_ERROR`` (no answer), ``BAD_RESPONSE`` (no usable JSON),
-    ``NO_TOKENS`` (nothing stored for the portal), ``REFRESH_FAILED`` (the OAuth server
-    refused to renew the tokens), ``PORTAL_MOVED`` (the portal answered with a redirect).
-    """
-
-    def __init__(self, code, description, *, status=None, method=None, member_id=None):
-        super().__init__(f"{method}: {code}: {description}")
-        self.code = code
-        self.description = description
-        self.status = status
-        self.method = method
-        self.member_id = member_id
+# The longest wait between two attempts of one call, whatever a server asks for.
+LONGEST_RETRY_WAIT = 30.0
 
 
 class RestClient:
@@ -40,54 +40,121 @@ class RestClient:
 
     :param oauth: the :class:`~b24app.bitrix.oauth.OAuthClient` that refreshes tokens.
     :param timeout: seconds to wait for a portal's answer.
+    :param attempts: how many times a call is made when the portal asks to retry later.
+    :param backoff: the first backoff, in seconds, of a portal whose call still failed; it
+        doubles with each failure in a row, up to ``backoff_max``, and is jittered.
     """
 
-    def __init__(self, oauth, timeout=10.0, http=None):
+    def __init__(self, oauth, timeout=10.0, attempts=3, backoff=2.0, backoff_max=300.0, http=None):
         self.oauth = oauth
         self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.backoff_max = backoff_max
         self.http = http or requests.Session()
         self.http.headers["User-Agent"] = USER_AGENT
-        self._refresh_locks = {}
-        self._locks_guard = threading.Lock()
+        self._retry_wait = wait_random_exponential(multiplier=0.5, max=8)
 
-    def call(self, member_id, method, params=None):
+    def call(self, member_id, method, params=None, attempts=None):
         """Call ``method`` on the portal with ``member_id``; return the whole answer.
 
         The answer is the portal's envelope: ``result``, ``time`` and, for lists, ``next``
-        and ``total``. An expired access token is refreshed once and the call repeated.
+        and ``total``. An expired access token is renewed once and the call repeated.
 
-        :raise RestError: when the call fails for any reason.
+        :param attempts: overrides the client's number of attempts for this call.
+        :raise BitrixError: when the call fails; see :mod:`~b24app.bitrix.errors`.
         """
         portal = store.get_portal(member_id)
+        context = {"method": method, "member_id": member_id}
         if portal is None or not portal.access_token:
-            raise RestError(
-                "NO_TOKENS", "No tokens are stored.", method=method, member_id=member_id
+            raise CallRejected("NO_TOKENS", "No tokens are stored for the portal.", **context)
+        if portal.access_problem:
+            raise AccessLost(
+                portal.access_problem,
+                "Not called until the app is opened on the portal again.",
+                problem=portal.access_problem,
+                **context,
             )
-        endpoint = portal.client_endpoint
+        if portal.backoff_until and portal.backoff_until > utcnow():
+            raise RetryLater(
+                "BACKING_OFF",
+                f"Not called until {portal.backoff_until:%H:%M:%S} UTC.",
+                retry_after=(portal.backoff_until - utcnow()).total_seconds(),
+                **context,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetryLater),
+            stop=stop_after_attempt(attempts or self.attempts),
+            wait=self._wait,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
         try:
-            return self._post(endpoint, portal.access_token, method, params, member_id)
-        except RestError as exc:
-            if exc.code not in AUTH_ERRORS:
-                raise
-            access_token = self._renewed_token(member_id, portal.access_token, exc)
-        return self._post(endpoint, access_token, method, params, member_id)
+            answer = retrying(self._call_renewing, portal, method, params)
+        except RetryLater as exc:
+            until = store.record_backoff(member_id, self._backoff_delay(exc))
+            log.warning("Portal %s backs off until %s UTC: %s", member_id, f"{until:%X}", exc)
+            raise
+        if portal.backoff_failures:
+            store.clear_backoff(member_id)
+        return answer
 
     def call_with_token(self, client_endpoint, access_token, method, params=None):
         """Call ``method`` once with a token that is not stored (one a request presented).
 
-        Nothing is refreshed or stored; the caller must have proven ``client_endpoint``.
+        Nothing is refreshed, retried or stored; the caller must have proven
+        ``client_endpoint``.
 
-        :raise RestError: when the call fails for any reason.
+        :raise BitrixError: when the call fails for any reason.
         """
         return self._post(client_endpoint, access_token, method, params, member_id=None)
 
     def user_is_admin(self, client_endpoint, access_token):
         """Return whether the user ``access_token`` belongs to administers the portal.
 
-        :raise RestError: when the portal cannot answer.
+        :raise BitrixError: when the portal cannot answer.
         """
         answer = self.call_with_token(client_endpoint, access_token, "user.admin")
         return answer["result"] is True
+
+    def _call_renewing(self, portal, method, params):
+        """Make one attempt of a call, renewing the tokens once if the portal refuses them."""
+        member_id = portal.member_id
+        try:
+            return self._post_marking(portal, portal.access_token, method, params)
+        except TokenExpired as exc:
+            refused = exc
+        access_token = store.renew_tokens(member_id, portal.access_token, self.oauth.refresh)
+        try:
+            return self._post_marking(portal, access_token, method, params)
+        except TokenExpired as exc:
+            # Tokens that were renewed or changed a moment ago are refused too: the portal no
+            # longer knows the app's tokens.
+            lost = AccessLost(
+                exc.code,
+                f"Renewed tokens were refused too ({refused.code}, then {exc.code}).",
+                problem=AccessProblem.NEEDS_REAUTH,
+                status=exc.status,
+                method=method,
+                member_id=member_id,
+            )
+            store.mark_access_problem(member_id, lost, access_token=access_token)
+            raise lost from None
+
+    def _post_marking(self, portal, access_token, method, params):
+        """Post with ``access_token``; record the access problem of a portal that shuts us out.
+
+        The problem is recorded only while ``access_token`` is still the stored one, so a late
+        failure never marks a portal whose tokens were renewed meanwhile.
+        """
+        try:
+            return self._post(
+                portal.client_endpoint, access_token, method, params, portal.member_id
+            )
+        except AccessLost as exc:
+            store.mark_access_problem(portal.member_id, exc, access_token=access_token)
+            raise
 
     def _post(self, client_endpoint, access_token, method, params, member_id):
         url = f"{client_endpoint}{method}"
@@ -98,39 +165,26 @@ class RestClient:
             # A renamed portal answers 302; following it would turn the POST into a GET.
             response = self.http.post(url, json=body, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            raise RestError(
-                "NETWORK_ERROR",
-                f"The portal could not be reached ({type(exc).__name__}).",
-                **context,
-            ) from None
+            raise transport_error(exc, "The portal", **context) from None
         if 300 <= response.status_code < 400:
-            # Not handled yet: re-posting to the new domain and storing it.
-            raise RestError(
+            raise error_for(
                 "PORTAL_MOVED",
-                "The portal answered with a redirect.",
+                "The portal answered from another address (renamed?); the app must be opened "
+                "there again.",
                 status=response.status_code,
                 **context,
             )
-        try:
-            answer = response.json()
-        except ValueError:
-            raise RestError(
-                "BAD_RESPONSE",
-                f"The portal answered HTTP {response.status_code} without JSON.",
-                status=response.status_code,
-                **context,
-            ) from None
-        if not isinstance(answer, dict):
-            raise RestError("BAD_RESPONSE", "The answer is not an object.", **context)
+        answer = answer_json(response, "The portal", **context)
         if "error" in answer:
-            raise RestError(
+            raise error_for(
                 str(answer["error"]),
                 str(answer.get("error_description", "")),
                 status=response.status_code,
+                retry_after=retry_after(response),
                 **context,
             )
         if response.status_code != 200 or "result" not in answer:
-            raise RestError(
+            raise error_for(
                 "BAD_RESPONSE",
                 f"The portal answered HTTP {response.status_code} without a result.",
                 status=response.status_code,
@@ -138,40 +192,29 @@ class RestClient:
             )
         return answer
 
-    def _renewed_token(self, member_id, refused_access_token, refusal):
-        """Return the access token to repeat a refused call with, refreshing at most once.
+    def _wait(self, retry_state):
+        """Return the jittered wait before the next attempt, longer if the portal asked so."""
+        error = retry_state.outcome.exception()
+        asked = getattr(error, "retry_after", None) or 0
+        return min(max(self._retry_wait(retry_state), asked), LONGEST_RETRY_WAIT)
 
-        :param refused_access_token: the token the portal refused.
-        :param refusal: the portal's :class:`RestError`; raised again when no renewal helps.
-        """
-        method = refusal.method
-        with self._lock_for(member_id):
-            # Another thread may have refreshed while this one waited for the lock, and the
-            # portal may then call the old token unknown rather than expired.
-            portal = store.get_portal(member_id)
-            if portal is None or not portal.refresh_token:
-                raise RestError(
-                    "NO_TOKENS", "No tokens are stored.", method=method, member_id=member_id
-                )
-            if portal.access_token != refused_access_token:
-                return portal.access_token
-            if refusal.code not in REFRESHABLE_ERRORS:
-                raise refusal
-            try:
-                tokens = self.oauth.refresh(portal.refresh_token)
-            except OAuthError as exc:
-                log.warning("Token refresh failed for portal %s: %s", member_id, exc.code)
-                raise RestError(
-                    "REFRESH_FAILED",
-                    f"The OAuth server refused to renew the tokens ({exc.code}).",
-                    status=exc.status,
-                    method=method,
-                    member_id=member_id,
-                ) from None
-            store.save_tokens(member_id, tokens)
-            log.info("Refreshed the tokens of portal %s", member_id)
-            return tokens.access_token
+    def _log_retry(self, retry_state):
+        error = retry_state.outcome.exception()
+        log.info(
+            "Portal %s: %s failed with %s, attempt %s; retrying in %.1f s",
+            error.member_id,
+            error.method,
+            error.code,
+            retry_state.attempt_number,
+            retry_state.next_action.sleep,
+        )
 
-    def _lock_for(self, member_id):
-        with self._locks_guard:
-            return self._refresh_locks.setdefault(member_id, threading.Lock())
+    def _backoff_delay(self, error):
+        """Return a function giving a portal's backoff after ``failures`` failures in a row."""
+
+        def delay(failures):
+            growing = min(self.backoff * 2 ** min(failures - 1, 30), self.backoff_max)
+            jittered = growing * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
+            return timedelta(seconds=max(jittered, min(error.retry_after or 0, self.backoff_max)))
+
+        return delay
