@@ -152,7 +152,10 @@ def load_config(instance_path):
     if sandbox:
         # The sandbox portal plays the OAuth server too; nothing leaves this machine.
         config["OAUTH_SERVER"] = sandbox_url + SANDBOX_OAUTH_PATH
-        config["OAUTH_SERVERS"] = [config["OAUTH_SERVER"]]
+        # Only servers named on purpose join the sandbox's own, e.g. another sandbox that
+        # plays a second region.
+        listed = config["OAUTH_SERVERS"] if _env("B24_OAUTH_SERVERS") else []
+        config["OAUTH_SERVERS"] = [config["OAUTH_SERVER"]] + listed
         config["B24_CLIENT_SECRET"] = config["B24_CLIENT_SECRET"] or SANDBOX_CLIENT_SECRET
         config["SECRET_KEY"] = config["SECRET_KEY"] or _sandbox_secret_key(instance_path)
     else:
