@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from b24app import store
+from b24app.models import AccessProblem, utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -70,6 +71,26 @@ def status():
         install_state=portal.install_state,
         ping_sequence=portal.ping_sequence,
         last_ping_at=portal.last_ping_at.isoformat() if portal.last_ping_at else None,
+        access=describe_access(portal),
         module_id=current_app.config["PULL_MODULE_ID"],
         ping_interval=current_app.config["PING_INTERVAL"],
     )
+
+
+ACCESS_PROBLEM_TEXT = {
+    AccessProblem.NEEDS_REAUTH: "needs re-authorization",
+    AccessProblem.PAYMENT_REQUIRED: "payment required",
+    AccessProblem.PORTAL_DELETED: "portal deleted",
+    AccessProblem.NOT_INSTALLED: "app not installed",
+    AccessProblem.MOVED: "portal moved",
+}
+
+
+def describe_access(portal):
+    """Return in a few words whether the app can call the portal, and if not, why."""
+    if portal.access_problem:
+        text = ACCESS_PROBLEM_TEXT.get(portal.access_problem, portal.access_problem)
+        return f"{text} ({portal.access_problem_detail})"
+    if portal.backoff_until and portal.backoff_until > utcnow():
+        return f"backing off until {portal.backoff_until:%H:%M:%S} UTC"
+    return "working"

@@ -1,10 +1,13 @@
 import time
+from datetime import timedelta
 
 import pytest
 import requests
 from itsdangerous import URLSafeTimedSerializer
 
+from b24app import store
 from b24app.api import issue_page_token
+from b24app.bitrix.errors import AccessLost
 from tests.conftest import install_portal
 
 
@@ -27,9 +30,28 @@ def test_status_answers_for_the_page_token_portal(live_server):
         "install_state": "installed",
         "ping_sequence": 0,
         "last_ping_at": None,
+        "access": "working",
         "module_id": "main",
         "ping_interval": 1.0,
     }
+
+
+def test_status_says_why_the_app_cannot_call_the_portal(live_server):
+    portal = install_portal(live_server)
+    with live_server.app.app_context():
+        token = issue_page_token(portal.member_id, 1)
+        until = store.record_backoff(portal.member_id, lambda failures: timedelta(minutes=5))
+        assert status(live_server, token).json()["access"] == (
+            f"backing off until {until:%H:%M:%S} UTC"
+        )
+        lost = AccessLost("invalid_grant", "Invalid grant", problem="needs_reauth")
+        store.mark_access_problem(
+            portal.member_id, lost, store.get_portal(portal.member_id).access_token
+        )
+
+    assert status(live_server, token).json()["access"] == (
+        "needs re-authorization (invalid_grant: Invalid grant)"
+    )
 
 
 @pytest.mark.parametrize(
