@@ -81,7 +81,7 @@ def _sandbox_secret(instance_path, file_name, make):
     return secret
 
 
-def _token_encryption_keys(raw):
+def token_encryption_keys(raw):
     """Return the Fernet keys listed in ``raw`` (comma-separated), checking each.
 
     :raise ConfigError: when a key is malformed; the message never repeats the key.
@@ -116,7 +116,7 @@ def load_config(instance_path):
         "B24_CLIENT_SECRET": _env("B24_CLIENT_SECRET"),
         "SECRET_KEY": _env("SECRET_KEY"),
         # The first key encrypts the tokens written; every key decrypts (see encryption.py).
-        "TOKEN_ENCRYPTION_KEYS": _token_encryption_keys(_env("TOKEN_ENCRYPTION_KEYS", "")),
+        "TOKEN_ENCRYPTION_KEYS": token_encryption_keys(_env("TOKEN_ENCRYPTION_KEYS", "")),
         "DATABASE_URL": _env(
             "DATABASE_URL", "sqlite:///" + os.path.join(instance_path, "b24app.sqlite3")
         ),
@@ -163,7 +163,7 @@ def load_config(instance_path):
             instance_path, "sandbox-secret-key", lambda: secrets.token_hex(32)
         )
         config["TOKEN_ENCRYPTION_KEYS"] = config["TOKEN_ENCRYPTION_KEYS"] or (
-            _token_encryption_keys(
+            token_encryption_keys(
                 _sandbox_secret(
                     instance_path, "sandbox-token-key", lambda: Fernet.generate_key().decode()
                 )

@@ -11,7 +11,7 @@ import binascii
 import logging
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from flask import current_app, jsonify
+from flask import current_app, jsonify, request
 from sqlalchemy import (
     Integer,
     String,
@@ -26,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 
+from b24app.config import token_encryption_keys
 from b24app.db import reading, transaction
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,11 @@ class EncryptedText(TypeDecorator):
 
 def init_app(app):
     """Create the app's token cipher and answer an unreadable token without a stack trace."""
-    app.extensions["b24app.cipher"] = TokenCipher(app.config["TOKEN_ENCRYPTION_KEYS"])
+    keys = app.config["TOKEN_ENCRYPTION_KEYS"]
+    if isinstance(keys, str):
+        # As a test_config may give them: the environment's comma-separated form.
+        keys = token_encryption_keys(keys)
+    app.extensions["b24app.cipher"] = TokenCipher(keys)
     app.register_error_handler(TokenKeyError, _answer_token_key_error)
 
 
@@ -162,7 +167,8 @@ def current_cipher():
 
 
 def _answer_token_key_error(error):
-    log.error("Cannot serve the request: %s", error)
+    """Log why the stored tokens are unreadable, and tell the client only that they are."""
+    log.error("Cannot serve %s %s: %s", request.method, request.path, error)
     return jsonify(
         error="The app cannot read the tokens it stored; its administrator must check "
         "TOKEN_ENCRYPTION_KEYS."

@@ -368,3 +368,9 @@ def test_the_key_recipe_in_the_messages_makes_a_usable_key():
         [sys.executable, "-c", command], capture_output=True, text=True, check=True, timeout=60
     )
     assert Fernet(made.stdout.strip())
+
+
+def test_a_test_config_may_give_the_keys_in_the_environment_form(monkeypatch, database_url):
+    tokens = store_portals(app_with_keys(monkeypatch, database_url, KEY_A), 1)
+    app = create_app({"DATABASE_URL": database_url, "TOKEN_ENCRYPTION_KEYS": f"{KEY_B}, {KEY_A}"})
+    assert read_tokens(app, member(0)) == tokens[member(0)]
