@@ -101,6 +101,8 @@ def _require_migrated(app):
 
 def _require_readable_tokens():
     """Stop with a clear message when the stored tokens cannot be read with the configured keys."""
+    # Not handled yet: gunicorn workers start without this check; a request that needs an
+    # unreadable token gets a JSON 500 error and the log says why.
     from b24app.encryption import stored_token_problem
 
     problem = stored_token_problem()
