@@ -6,8 +6,9 @@ import os
 from dotenv import load_dotenv
 from flask import Flask
 
-from b24app import bitrix, db
+from b24app import bitrix, db, encryption, logsafe
 from b24app.config import ConfigError, load_config
+from b24app.encryption import TokenKeyError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def create_app(test_config=None):
     _configure_logging(app.config["LOG_LEVEL"])
 
     db.init_app(app)
+    encryption.init_app(app)
     bitrix.init_app(app)
 
     from b24app import api, cli, events, pages
@@ -60,13 +62,21 @@ def create_app(test_config=None):
 
 
 def _configure_logging(level):
-    if not logging.getLogger().handlers:
+    root = logging.getLogger()
+    if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every line that reaches these handlers is masked: our loggers', werkzeug's request lines,
+    # urllib3's and tracebacks all propagate to the root. Gunicorn's error and access loggers
+    # have handlers of their own, made before the app: masked too. Not covered: handlers added
+    # after the app is created, e.g. when gunicorn rebuilds its handlers on a HUP with --preload.
+    logsafe.install(
+        root, logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access")
+    )
     logging.getLogger("b24app").setLevel(level)
-    # urllib3 logs request URLs at debug level, and the OAuth refresh URL carries secrets.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # urllib3 logs every request's URL at debug level: worth seeing only when debugging.
+    logging.getLogger("urllib3").setLevel(level if level == "DEBUG" else logging.WARNING)
     # APScheduler logs every run of every job; the scheduler logs what matters itself.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-__all__ = ["ConfigError", "create_app"]
+__all__ = ["ConfigError", "TokenKeyError", "create_app"]

@@ -4,10 +4,13 @@ Sandbox mode is on when no real ``B24_CLIENT_ID`` is configured: the app then ta
 built-in sandbox portal, whose OAuth server issues the app's credentials itself.
 """
 
+import binascii
 import os
 import re
 import secrets
 from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
 
 MODULE_ID_PATTERN = re.compile(r"^[a-z0-9._]+$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -19,6 +22,11 @@ KNOWN_OAUTH_SERVERS = "https://oauth.bitrix.info,https://oauth.bitrix24.tech"
 SANDBOX_CLIENT_ID = "local.sandbox00000000.00000001"
 SANDBOX_CLIENT_SECRET = "sandbox-client-secret"  # noqa: S105 (sandbox only)
 SANDBOX_OAUTH_PATH = "/oauth-server"
+# How to make a key for TOKEN_ENCRYPTION_KEYS, as the error messages tell the operator.
+TOKEN_KEY_RECIPE = (
+    'python -c "from cryptography.fernet import Fernet; '  # noqa: S105 (a command, not a key)
+    'print(Fernet.generate_key().decode())"'
+)
 
 
 class ConfigError(RuntimeError):
@@ -51,24 +59,45 @@ def _env_bool(name, default):
     raise ConfigError(f"{name} must be true or false, got {raw!r}.")
 
 
-def _sandbox_secret_key(instance_path):
-    """Return the sandbox's secret key, made once and kept in the instance folder.
+def _sandbox_secret(instance_path, file_name, make):
+    """Return a sandbox secret kept in the instance folder, made with ``make()`` the first time.
 
-    Keeping it lets app pages that are open across a restart of the server keep their tokens.
+    Keeping it across restarts lets app pages that stay open keep their tokens, and lets the
+    database's encrypted tokens stay readable.
+
+    :param file_name: the secret's file in the instance folder, readable by its owner only.
+    :param make: a function that returns a new secret as a string.
     """
-    path = os.path.join(instance_path, "sandbox-secret-key")
+    path = os.path.join(instance_path, file_name)
     try:
         with open(path) as file:
-            key = file.read().strip()
-        if key:
-            return key
+            secret = file.read().strip()
+        if secret:
+            return secret
     except FileNotFoundError:
         pass
-    key = secrets.token_hex(32)
+    secret = make()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
-        file.write(key)
-    return key
+        file.write(secret)
+    return secret
+
+
+def token_encryption_keys(raw):
+    """Return the Fernet keys listed in ``raw`` (comma-separated), checking each.
+
+    :raise ConfigError: when a key is malformed; the message never repeats the key.
+    """
+    keys = [key.strip() for key in raw.split(",") if key.strip()]
+    for number, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, binascii.Error):
+            raise ConfigError(
+                f"TOKEN_ENCRYPTION_KEYS holds a malformed key (key {number} of {len(keys)}): "
+                f"each must be a Fernet key, made with: {TOKEN_KEY_RECIPE}"
+            ) from None
+    return tuple(keys)
 
 
 def _is_http_url(value):
@@ -93,6 +122,8 @@ def load_config(instance_path):
         "B24_CLIENT_ID": client_id or SANDBOX_CLIENT_ID,
         "B24_CLIENT_SECRET": _env("B24_CLIENT_SECRET"),
         "SECRET_KEY": _env("SECRET_KEY"),
+        # The first key encrypts the tokens written; every key decrypts (see encryption.py).
+        "TOKEN_ENCRYPTION_KEYS": token_encryption_keys(_env("TOKEN_ENCRYPTION_KEYS", "")),
         "DATABASE_URL": _env(
             "DATABASE_URL", "sqlite:///" + os.path.join(instance_path, "b24app.sqlite3")
         ),
@@ -157,7 +188,16 @@ def load_config(instance_path):
         listed = config["OAUTH_SERVERS"] if _env("B24_OAUTH_SERVERS") else []
         config["OAUTH_SERVERS"] = [config["OAUTH_SERVER"]] + listed
         config["B24_CLIENT_SECRET"] = config["B24_CLIENT_SECRET"] or SANDBOX_CLIENT_SECRET
-        config["SECRET_KEY"] = config["SECRET_KEY"] or _sandbox_secret_key(instance_path)
+        config["SECRET_KEY"] = config["SECRET_KEY"] or _sandbox_secret(
+            instance_path, "sandbox-secret-key", lambda: secrets.token_hex(32)
+        )
+        config["TOKEN_ENCRYPTION_KEYS"] = config["TOKEN_ENCRYPTION_KEYS"] or (
+            token_encryption_keys(
+                _sandbox_secret(
+                    instance_path, "sandbox-token-key", lambda: Fernet.generate_key().decode()
+                )
+            )
+        )
     else:
         missing = [
             name
@@ -165,15 +205,19 @@ def load_config(instance_path):
                 ("B24_CLIENT_SECRET", config["B24_CLIENT_SECRET"]),
                 ("SECRET_KEY", config["SECRET_KEY"]),
                 ("B24_PUBLIC_URL", _env("B24_PUBLIC_URL")),
+                ("TOKEN_ENCRYPTION_KEYS", config["TOKEN_ENCRYPTION_KEYS"]),
             )
             if not value
         ]
         if missing:
-            raise ConfigError(
+            message = (
                 "B24_CLIENT_ID is set, so the app runs against a real portal and needs "
                 + ", ".join(missing)
                 + " as well (see .env.example)."
             )
+            if "TOKEN_ENCRYPTION_KEYS" in missing:
+                message += f" Make a key for TOKEN_ENCRYPTION_KEYS with: {TOKEN_KEY_RECIPE}"
+            raise ConfigError(message)
         if len(config["SECRET_KEY"]) < 32:
             raise ConfigError("SECRET_KEY must be at least 32 characters long.")
         public = urlsplit(public_url)

@@ -8,10 +8,12 @@ on PostgreSQL; on SQLite, which has no row locks, every transaction of :func:`tr
 immediate one (``BEGIN IMMEDIATE``), holding the database's write lock from its first statement.
 """
 
+import os
 from contextlib import contextmanager
 
 from flask import current_app
 from sqlalchemy import create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
@@ -33,9 +35,32 @@ def init_app(app):
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigError(f"DATABASE_URL is not a usable database URL ({exc}).") from None
     if url.startswith("sqlite"):
+        create_private_sqlite_file(url)
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin_sqlite)
     app.extensions["b24app.db"] = sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def create_private_sqlite_file(url):
+    """Create the SQLite file of ``url``, readable by its owner only, if it does not exist yet.
+
+    The database holds the portals' tokens. SQLite gives its journal files the database file's
+    permissions; a file that already exists keeps the ones it has.
+    """
+    url = make_url(url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if path.startswith("file:") or url.query.get("uri"):
+        # Not handled yet: URI file names (sqlite:///file:...?uri=true) get the default umask.
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        # A missing folder, say: SQLite reports it, with its own words, when it opens the file.
+        pass
 
 
 def _configure_sqlite(connection, record):

@@ -2,8 +2,10 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Integer, String, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from b24app.encryption import EncryptedText
 
 
 def utcnow():
@@ -55,7 +57,11 @@ class AccessProblem:
 
 
 class Portal(Base):
-    """A Bitrix24 portal (keyed by ``member_id``) with the OAuth tokens the app holds for it."""
+    """A Bitrix24 portal (keyed by ``member_id``) with the OAuth tokens the app holds for it.
+
+    The tokens are stored encrypted (:class:`~b24app.encryption.EncryptedText`) and read as
+    plaintext.
+    """
 
     __tablename__ = "portals"
 
@@ -64,14 +70,13 @@ class Portal(Base):
     domain: Mapped[str] = mapped_column(String(255))
     client_endpoint: Mapped[str] = mapped_column(String(512))
     server_endpoint: Mapped[str] = mapped_column(String(512))
-    access_token: Mapped[str | None] = mapped_column(Text)
-    refresh_token: Mapped[str | None] = mapped_column(Text)
+    access_token: Mapped[str | None] = mapped_column(EncryptedText)
+    refresh_token: Mapped[str | None] = mapped_column(EncryptedText)
     expires_at: Mapped[datetime | None] = mapped_column()
     scope: Mapped[str] = mapped_column(String(1024), default="")
     status: Mapped[str] = mapped_column(String(8), default="")
     user_id: Mapped[int | None] = mapped_column(Integer)
-    # Encrypted, so longer than the token itself.
-    application_token: Mapped[str | None] = mapped_column(Text)
+    application_token: Mapped[str | None] = mapped_column(EncryptedText)
     install_state: Mapped[str] = mapped_column(String(16), default=InstallState.PENDING)
     ping_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     last_ping_at: Mapped[datetime | None] = mapped_column()

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.fernet import Fernet
 
 from b24app import PROJECT_ROOT, create_app, migrations
 from b24app.config import SANDBOX_CLIENT_ID, ConfigError
@@ -33,6 +34,7 @@ def test_production_mode_needs_its_settings(monkeypatch):
     assert "B24_CLIENT_SECRET" in message
     assert "SECRET_KEY" in message
     assert "B24_PUBLIC_URL" in message
+    assert "TOKEN_ENCRYPTION_KEYS" in message
 
 
 def test_production_mode_never_mounts_the_sandbox(monkeypatch):
@@ -40,6 +42,7 @@ def test_production_mode_never_mounts_the_sandbox(monkeypatch):
     monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
     monkeypatch.setenv("SECRET_KEY", "k" * 32)
     monkeypatch.setenv("B24_PUBLIC_URL", "https://app.example.com")
+    monkeypatch.setenv("TOKEN_ENCRYPTION_KEYS", Fernet.generate_key().decode())
     app = create_app()
     assert app.config["SANDBOX"] is False
     assert app.config["OAUTH_SERVER"] == "https://oauth.bitrix.info"
@@ -87,6 +90,7 @@ def production(monkeypatch, public_url):
     monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
     monkeypatch.setenv("SECRET_KEY", "k" * 32)
     monkeypatch.setenv("B24_PUBLIC_URL", public_url)
+    monkeypatch.setenv("TOKEN_ENCRYPTION_KEYS", Fernet.generate_key().decode())
     return create_app()
 
 
@@ -120,6 +124,7 @@ def test_production_refuses_a_short_secret_key(monkeypatch):
     monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
     monkeypatch.setenv("SECRET_KEY", "short")
     monkeypatch.setenv("B24_PUBLIC_URL", "https://app.example.com")
+    monkeypatch.setenv("TOKEN_ENCRYPTION_KEYS", Fernet.generate_key().decode())
     with pytest.raises(ConfigError, match="SECRET_KEY must be at least 32 characters long."):
         create_app()
 

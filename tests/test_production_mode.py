@@ -1,5 +1,7 @@
 """The app in production mode, against a portal it does not host: a separate sandbox server."""
 
+from cryptography.fernet import Fernet
+
 from b24app import store
 from b24app.config import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from b24app.models import InstallState
@@ -18,6 +20,7 @@ def test_production_mode_verifies_stores_and_pings_through_a_real_oauth_server(
             "B24_CLIENT_ID": SANDBOX_CLIENT_ID,
             "B24_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
             "SECRET_KEY": "production-test-key-" + "x" * 16,
+            "TOKEN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
             "B24_OAUTH_SERVER": bitrix.sandbox_url + "/oauth-server",
         },
         test_config={"DATABASE_URL": "sqlite:///" + str(tmp_path / "production.sqlite3")},

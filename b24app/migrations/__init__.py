@@ -8,6 +8,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
+from b24app.db import create_private_sqlite_file
+
 MIGRATIONS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -21,6 +23,8 @@ def alembic_config(database_url):
 
 def upgrade(database_url, revision="head"):
     """Bring the database at ``database_url`` up to ``revision``."""
+    if database_url.startswith("sqlite"):
+        create_private_sqlite_file(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 

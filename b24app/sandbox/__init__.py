@@ -12,37 +12,17 @@ Modules: ``state`` (portals, users, tokens, channels, records), ``oauth`` (the O
 
 import logging
 import os
-import re
 from urllib.parse import urlsplit
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from b24app.logsafe import MaskingFilter
 from b24app.sandbox.state import SandboxState
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Query parameters that carry tokens, secrets or private channel ids in the protocol's URLs.
-SECRET_PARAMETERS = re.compile(
-    r"((?:auth|access_token|refresh_token|client_secret|AUTH_ID|REFRESH_ID|CHANNEL_ID)=)"
-    r"[^&\s\"]+"
-)
-
-
-class RedactSecrets(logging.Filter):
-    """Hide token and secret values in request lines before they are logged."""
-
-    def filter(self, record):
-        """Rewrite the record's message without the secret values; always keep the record."""
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            return True
-        redacted = SECRET_PARAMETERS.sub(r"\1[hidden]", message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
 
 
 class HostDispatcher:
@@ -140,9 +120,9 @@ def mount(app):
         normalize_host(sandbox_parts.netloc, sandbox_parts.scheme),
         normalize_host(app_parts.netloc, app_parts.scheme),
     )
-
-    # The protocol puts tokens and the client secret in URLs; keep them out of request logs.
+    # The portal's request lines carry tokens and the client secret in their URLs. The app's
+    # handlers mask every line; masking the records too keeps them out of handlers added later.
     werkzeug_log = logging.getLogger("werkzeug")
-    if not any(isinstance(existing, RedactSecrets) for existing in werkzeug_log.filters):
-        werkzeug_log.addFilter(RedactSecrets())
+    if not any(isinstance(existing, MaskingFilter) for existing in werkzeug_log.filters):
+        werkzeug_log.addFilter(MaskingFilter())
     return state
