@@ -45,6 +45,8 @@ def test_processes_meeting_an_expired_token_at_once_refresh_it_once(
         "B24_SANDBOX_URL": server.sandbox_url,
         "B24_INSTANCE_PATH": str(tmp_path / "workers"),
         "LOG_LEVEL": "WARNING",
+        # The workers' own instance folder has no key: they share the server's.
+        "TOKEN_ENCRYPTION_KEYS": ",".join(server.app.config["TOKEN_ENCRYPTION_KEYS"]),
     }
 
     context = multiprocessing.get_context("spawn")
