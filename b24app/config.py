@@ -38,6 +38,16 @@ def _env_float(name, default):
         raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
 
 
+def _env_int(name, default):
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+
+
 def _env_bool(name, default):
     raw = _env(name)
     if raw is None:
@@ -102,6 +112,9 @@ def load_config(instance_path):
         "SANDBOX_REFRESH_TOKEN_LIFETIME": _env_float(
             "SANDBOX_REFRESH_TOKEN_LIFETIME", 180 * 24 * 3600.0
         ),
+        # A cloud portal's request limit: a bucket of 50 requests that drains 2 a second.
+        "SANDBOX_RATE_LIMIT": _env_int("SANDBOX_RATE_LIMIT", 50),
+        "SANDBOX_RATE_DRAIN": _env_float("SANDBOX_RATE_DRAIN", 2.0),
         "SANDBOX_STATE_FILE": _env(
             "SANDBOX_STATE_FILE", os.path.join(instance_path, "sandbox-state.json")
         ),
@@ -112,6 +125,9 @@ def load_config(instance_path):
 
     if config["PING_INTERVAL"] <= 0:
         raise ConfigError("PING_INTERVAL must be a positive number of seconds.")
+    for name in ("SANDBOX_RATE_LIMIT", "SANDBOX_RATE_DRAIN"):
+        if config[name] < 0:
+            raise ConfigError(f"{name} must be 0 (no rate limit) or more.")
     if config["LOG_LEVEL"] not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}.")
     for name in ("PUBLIC_URL", "OAUTH_SERVER", "SANDBOX_URL"):
