@@ -57,6 +57,10 @@ def test_production_mode_never_mounts_the_sandbox(monkeypatch):
         ("PULL_MODULE_ID", "Main", "PULL_MODULE_ID may hold only lower-case"),
         ("PULL_MODULE_ID", "my-app", "PULL_MODULE_ID may hold only lower-case"),
         ("SCHEDULER_IN_SERVER", "maybe", "SCHEDULER_IN_SERVER must be true or false"),
+        ("SANDBOX_RATE_LIMIT", "lots", "SANDBOX_RATE_LIMIT must be a whole number, got 'lots'"),
+        ("SANDBOX_RATE_LIMIT", "2.5", "SANDBOX_RATE_LIMIT must be a whole number"),
+        ("SANDBOX_RATE_LIMIT", "-1", r"SANDBOX_RATE_LIMIT must be 0 \(no rate limit\) or more"),
+        ("SANDBOX_RATE_DRAIN", "-0.5", r"SANDBOX_RATE_DRAIN must be 0 \(no rate limit\) or more"),
     ],
 )
 def test_invalid_settings_are_refused(monkeypatch, name, value, message):

@@ -300,6 +300,9 @@ class SandboxState:
         self._next_app_id = 1
         self._next_handler_id = 1
         self._by_access = {}
+        # Every access token ever issued, used up or not, names its portal: a portal that
+        # refuses or counts a request does so whatever the token's state.
+        self._member_by_access = {}
         self._by_refresh = {}
         self._launches = {}
         self._channels = {}
@@ -392,6 +395,7 @@ class SandboxState:
         )
         with self._changing():
             self._by_access[token.access_token] = token
+            self._member_by_access[token.access_token] = member_id
             self._by_refresh[token.refresh_token] = token
         return token
 
@@ -598,8 +602,7 @@ class SandboxState:
         if not isinstance(access_token, str):
             return None
         with self._lock:
-            token = self._by_access.get(access_token)
-        return token.member_id if token is not None else None
+            return self._member_by_access.get(access_token)
 
     def count_refresh_request(self, refresh_token):
         """Record a request to the token endpoint and return its portal's ``member_id``.
@@ -1119,6 +1122,7 @@ class SandboxState:
         self._by_refresh = {token.refresh_token: token for token in tokens}
         # A refresh drops the used-up link from the access index; rebuild that index the same way.
         self._by_access = {token.access_token: token for token in tokens if not token.revoked}
+        self._member_by_access = {token.access_token: token.member_id for token in tokens}
         for channel in channels:
             self._channels[channel.id] = channel
             if channel.type == "shared":
