@@ -5,8 +5,8 @@ with :meth:`~b24app.sandbox.state.SandboxState.add_fault`; the next matching req
 portal's REST API (target ``rest``) or to the OAuth server (target ``oauth``) get the fault's
 answer instead of the normal one. Each kind is answered as the real server answers it: the
 HTTP status and the ``{"error", "error_description"}`` body of the tables below. Where sources
-disagree on a status (``PORTAL_DELETED``, ``invalid_client``), the code is what a client must
-branch on; the status here is the one the protocol reference settles on.
+disagree on a status (``PORTAL_DELETED``, ``invalid_client``, ``OVERLOAD_LIMIT``), a client
+must branch on the code; the statuses here follow the protocol reference.
 
 Kinds that are no protocol error, for both targets:
 
@@ -62,6 +62,7 @@ REST_ERRORS = {
     "APPLICATION_NOT_FOUND": (401, "APPLICATION_NOT_FOUND", "Application not found"),
     "ERROR_OAUTH": (401, "ERROR_OAUTH", "Application not installed"),
     "NO_AUTH_FOUND": (401, "NO_AUTH_FOUND", "Wrong authorization data"),
+    # The newest docs list this one with 401.
     "OVERLOAD_LIMIT": (503, "OVERLOAD_LIMIT", "REST API is blocked due to overload"),
 }
 
@@ -113,7 +114,7 @@ class Fault:
 
 def method_name(name):
     """Return a REST method name as the portal reads it: lower case, without ``.json``."""
-    return name.strip().lower().removesuffix(".json")
+    return name.lower().removesuffix(".json")
 
 
 def error_answer(target, kind):

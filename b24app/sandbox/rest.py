@@ -191,7 +191,7 @@ def call_method(name):
     state = current_app.extensions["sandbox"]
     try:
         params = read_params()
-        # The portal is known by the token, expired or not: its requests count all the same.
+        # The portal is known by the token, live or not: its requests count all the same.
         member_id = state.member_of_access_token(params.get("auth") or params.get("access_token"))
         if member_id is not None:
             refusal = faults.refusal(state, member_id, "rest", name)

@@ -496,9 +496,9 @@ class SandboxState:
         if times is not None and (type(times) is not int or times < 1):
             raise SandboxError(f"times must be a positive integer or null; got {times!r}.")
         if method is not None:
-            if not isinstance(method, str) or not method_name(method):
+            if not isinstance(method, str) or not method_name(method.strip()):
                 raise SandboxError(f"method must be a method name or null; got {method!r}.")
-            method = method_name(method)
+            method = method_name(method.strip())
             if target == "oauth" and method not in OAUTH_METHODS:
                 raise SandboxError(
                     "method of an oauth fault must be null (the token endpoint) or "
