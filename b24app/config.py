@@ -8,6 +8,7 @@ import binascii
 import os
 import re
 import secrets
+import tempfile
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
@@ -48,6 +49,16 @@ def _env_float(name, default):
         raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
 
 
+def _env_int(name, default):
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+
+
 def _env_bool(name, default):
     raw = _env(name)
     if raw is None:
@@ -76,11 +87,31 @@ def _sandbox_secret(instance_path, file_name, make):
             return secret
     except FileNotFoundError:
         pass
-    secret = make()
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secret)
-    return secret
+    # Processes starting together (server and scheduler) must all end up with one secret:
+    # each writes its own candidate aside, and the first to link it into place wins.
+    descriptor, candidate = tempfile.mkstemp(dir=instance_path, prefix=f".{file_name}-")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(make())
+        if _empty_file(path):
+            os.replace(candidate, path)
+        else:
+            os.link(candidate, path)
+    except FileExistsError:
+        pass
+    finally:
+        if os.path.exists(candidate):
+            os.unlink(candidate)
+    with open(path) as file:
+        return file.read().strip()
+
+
+def _empty_file(path):
+    """Return whether ``path`` exists but holds nothing (left by an interrupted start)."""
+    try:
+        return os.path.getsize(path) == 0
+    except FileNotFoundError:
+        return False
 
 
 def token_encryption_keys(raw):
@@ -147,6 +178,9 @@ def load_config(instance_path):
         "SANDBOX_REFRESH_TOKEN_LIFETIME": _env_float(
             "SANDBOX_REFRESH_TOKEN_LIFETIME", 180 * 24 * 3600.0
         ),
+        # A cloud portal's request limit: a bucket of 50 requests that drains 2 a second.
+        "SANDBOX_RATE_LIMIT": _env_int("SANDBOX_RATE_LIMIT", 50),
+        "SANDBOX_RATE_DRAIN": _env_float("SANDBOX_RATE_DRAIN", 2.0),
         "SANDBOX_STATE_FILE": _env(
             "SANDBOX_STATE_FILE", os.path.join(instance_path, "sandbox-state.json")
         ),
@@ -162,6 +196,9 @@ def load_config(instance_path):
     config["REST_ATTEMPTS"] = int(config["REST_ATTEMPTS"])
     if config["BACKOFF_MAX"] <= 0:
         raise ConfigError("BACKOFF_MAX must be a positive number of seconds.")
+    for name in ("SANDBOX_RATE_LIMIT", "SANDBOX_RATE_DRAIN"):
+        if config[name] < 0:
+            raise ConfigError(f"{name} must be 0 (no rate limit) or more.")
     if config["LOG_LEVEL"] not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}.")
     for name in ("PUBLIC_URL", "OAUTH_SERVER", "SANDBOX_URL"):

@@ -1,3 +1,4 @@
+import multiprocessing
 import os
 import re
 import subprocess
@@ -7,7 +8,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from b24app import PROJECT_ROOT, create_app, migrations
-from b24app.config import SANDBOX_CLIENT_ID, ConfigError
+from b24app.config import SANDBOX_CLIENT_ID, ConfigError, load_config
 
 
 def test_defaults_run_in_sandbox_mode(app):
@@ -60,6 +61,10 @@ def test_production_mode_never_mounts_the_sandbox(monkeypatch):
         ("PULL_MODULE_ID", "Main", "PULL_MODULE_ID may hold only lower-case"),
         ("PULL_MODULE_ID", "my-app", "PULL_MODULE_ID may hold only lower-case"),
         ("SCHEDULER_IN_SERVER", "maybe", "SCHEDULER_IN_SERVER must be true or false"),
+        ("SANDBOX_RATE_LIMIT", "lots", "SANDBOX_RATE_LIMIT must be a whole number, got 'lots'"),
+        ("SANDBOX_RATE_LIMIT", "2.5", "SANDBOX_RATE_LIMIT must be a whole number"),
+        ("SANDBOX_RATE_LIMIT", "-1", r"SANDBOX_RATE_LIMIT must be 0 \(no rate limit\) or more"),
+        ("SANDBOX_RATE_DRAIN", "-0.5", r"SANDBOX_RATE_DRAIN must be 0 \(no rate limit\) or more"),
     ],
 )
 def test_invalid_settings_are_refused(monkeypatch, name, value, message):
@@ -155,3 +160,28 @@ def test_db_upgrade_brings_the_database_up_to_date(tmp_path):
     assert result.exit_code == 0
     assert "Database is up to date." in result.output
     assert migrations.is_up_to_date(url)
+
+
+def _sandbox_secrets(instance_path, start, results):
+    start.wait()
+    config = load_config(instance_path)
+    results.append((config["SECRET_KEY"], config["TOKEN_ENCRYPTION_KEYS"]))
+
+
+def test_processes_starting_together_in_a_new_instance_share_one_set_of_secrets(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        results = manager.list()
+        start = manager.Barrier(4)
+        workers = [
+            context.Process(target=_sandbox_secrets, args=(str(tmp_path), start, results))
+            for _ in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0
+        seen = set(results)
+    assert len(seen) == 1
+    assert sorted(os.listdir(tmp_path)) == ["sandbox-secret-key", "sandbox-token-key"]

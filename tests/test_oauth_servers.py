@@ -10,6 +10,7 @@ from b24app.config import ConfigError
 from b24app.db import transaction
 from b24app.models import Portal
 from tests.conftest import frame_post, install_portal, stored
+from tests.test_config import production
 
 
 def set_portal(server, member_id, **values):
@@ -18,13 +19,9 @@ def set_portal(server, member_id, **values):
 
 
 def test_production_trusts_the_known_regions_and_its_default_server_first(monkeypatch):
-    monkeypatch.setenv("B24_CLIENT_ID", "local.123.456")
-    monkeypatch.setenv("B24_CLIENT_SECRET", "secret")
-    monkeypatch.setenv("SECRET_KEY", "k" * 32)
-    monkeypatch.setenv("B24_PUBLIC_URL", "https://app.example.com")
     monkeypatch.setenv("B24_OAUTH_SERVER", "https://oauth.bitrix24.tech/")
 
-    app = create_app()
+    app = production(monkeypatch, "https://app.example.com")
 
     assert app.config["OAUTH_SERVERS"] == [
         "https://oauth.bitrix24.tech",

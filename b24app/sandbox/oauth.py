@@ -1,7 +1,8 @@
 """The sandbox's OAuth server (``/oauth-server``): token refresh and ``app.info`` by token.
 
 It plays the part of oauth.bitrix.info for the one registered app: refresh tokens are single-use
-and rotate, and ``app.info`` tells which app, portal and user a token belongs to.
+and rotate, and ``app.info`` tells which app, portal and user a token belongs to. A portal's
+faults and condition (see ``faults.py``) may answer a request instead.
 """
 
 import time
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
+from b24app.sandbox import faults
 from b24app.sandbox.rest import error_response, rest_time
 from b24app.sandbox.state import APP_SCOPE, APP_STATUS, APP_VERSION, ProtocolError
 
@@ -26,6 +28,12 @@ def _param(name):
 def token():
     """Exchange a refresh token for a new access and refresh token pair."""
     state = current_app.extensions["sandbox"]
+    member_id = state.count_refresh_request(_param("refresh_token"))
+    if member_id is not None:
+        refusal = faults.refusal(state, member_id, "oauth")
+        if refusal is not None:
+            refusal.headers["Cache-Control"] = "no-store"
+            return refusal
     try:
         for name in ("grant_type", "client_id", "client_secret", "refresh_token"):
             if not _param(name):
@@ -57,6 +65,11 @@ def rest(name):
     if access_token is None and request.is_json:
         body = request.get_json(silent=True)
         access_token = body.get("auth") if isinstance(body, dict) else None
+    member_id = state.member_of_access_token(access_token)
+    if member_id is not None:
+        refusal = faults.refusal(state, member_id, "oauth", "app.info")
+        if refusal is not None:
+            return refusal
     found = state.find_token(access_token)
     if found is None:
         return error_response(

@@ -3,6 +3,18 @@
 The page's script (``static/sandbox/portal.js``) plays the parent side of the frame protocol;
 the JSON endpoints here do the server side of what it asks for (fresh tokens for each frame
 open, ``refreshAuth``, ``setInstallFinish``), through the same state methods tests use.
+
+The faults and condition endpoints let tests in other processes, and developers with curl,
+make a portal fail (see ``faults.py``):
+
+- ``GET /portal/<member_id>/faults`` lists its faults; ``POST`` with a JSON body
+  ``{"target", "kind", "times", "method", "delay"}`` adds one (201); ``DELETE`` clears them;
+- ``GET /portal/<member_id>/condition`` tells its condition; ``POST`` with a JSON body
+  ``{"condition": "unpaid" | "deleted" | null}`` sets it (the portal page's script does so).
+
+They take JSON only, so another site's page cannot use them: a cross-site JSON request needs
+a CORS preflight, which the portal never grants. A bad request is answered 400 with
+``{"error": "INVALID_REQUEST", "error_description"}`` and changes nothing.
 """
 
 import logging
@@ -18,7 +30,7 @@ from flask import (
     url_for,
 )
 
-from b24app.sandbox.state import SandboxError
+from b24app.sandbox.state import PORTAL_CONDITIONS, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,10 @@ def _refusal(error, status=403):
 def _json_body():
     body = request.get_json(silent=True)
     return body if isinstance(body, dict) else {}
+
+
+def _invalid(error, status=400):
+    return jsonify(error="INVALID_REQUEST", error_description=str(error)), status
 
 
 def _user_id(value):
@@ -82,6 +98,7 @@ def show_portal(member_id):
         user=user,
         state=state,
         handlers=state.bound_events(member_id),
+        conditions=PORTAL_CONDITIONS,
     )
 
 
@@ -163,3 +180,84 @@ def uninstall(member_id):
         abort(403, str(error))
     log.info("Portal %s: app uninstalled", member_id)
     return redirect(url_for(".show_portal", member_id=member_id, user=user.id))
+
+
+@bp.get("/portal/<member_id>/faults")
+def list_faults(member_id):
+    """List the faults the portal still has to answer with, oldest first."""
+    try:
+        faults = _state().faults(member_id)
+    except SandboxError as error:
+        return _invalid(error, 404)
+    return jsonify(faults=[fault.as_json() for fault in faults])
+
+
+@bp.post("/portal/<member_id>/faults")
+def add_fault(member_id):
+    """Add a fault to the portal's next requests, as the JSON body describes it."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return _invalid("The body must be a JSON object.")
+    unknown = sorted(set(body) - {"target", "kind", "times", "method", "delay"})
+    if unknown:
+        return _invalid(f"Unknown field(s): {', '.join(unknown)}.")
+    state = _state()
+    try:
+        state.get_portal(member_id)
+    except SandboxError as error:
+        return _invalid(error, 404)
+    try:
+        fault = state.add_fault(
+            member_id,
+            body.get("target"),
+            body.get("kind"),
+            times=body.get("times", 1),
+            method=body.get("method"),
+            delay=body.get("delay"),
+        )
+    except SandboxError as error:
+        return _invalid(error)
+    log.info("Portal %s: fault %s added to %s", member_id, fault.kind, fault.target)
+    return jsonify(fault.as_json()), 201
+
+
+@bp.delete("/portal/<member_id>/faults")
+def clear_faults(member_id):
+    """Remove all of the portal's faults and say how many there were."""
+    state = _state()
+    try:
+        state.get_portal(member_id)
+    except SandboxError as error:
+        return _invalid(error, 404)
+    cleared = state.clear_faults(member_id)
+    log.info("Portal %s: %d fault(s) cleared", member_id, cleared)
+    return jsonify(cleared=cleared)
+
+
+@bp.get("/portal/<member_id>/condition")
+def show_condition(member_id):
+    """Tell the portal's condition: ``unpaid``, ``deleted`` or null."""
+    try:
+        portal = _state().get_portal(member_id)
+    except SandboxError as error:
+        return _invalid(error, 404)
+    return jsonify(condition=portal.condition)
+
+
+@bp.post("/portal/<member_id>/condition")
+def set_condition(member_id):
+    """Set the portal's condition from the JSON body ``{"condition": …}``."""
+    state = _state()
+    try:
+        state.get_portal(member_id)
+    except SandboxError as error:
+        return _invalid(error, 404)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) != {"condition"}:
+        return _invalid('The body must be a JSON object with "condition" and nothing else.')
+    try:
+        portal = state.set_portal_condition(member_id, body["condition"])
+    except SandboxError as error:
+        return _invalid(error)
+    log.info("Portal %s: condition set to %s", member_id, portal.condition or "in order")
+    return jsonify(condition=portal.condition)

@@ -3,6 +3,9 @@
 Every success is ``{"result": …, "time": {…}}`` and every refusal ``{"error",
 "error_description"}`` with the portal's HTTP status. Browsers call it from the app's origin,
 so every answer carries CORS headers.
+
+Before a call runs, the portal's faults and condition may answer it instead (see
+``faults.py``), and its rate limit may refuse it with ``QUERY_LIMIT_EXCEEDED``.
 """
 
 import json
@@ -13,6 +16,7 @@ from urllib.parse import quote, urlsplit
 from flask import Blueprint, current_app, jsonify, request
 
 from b24app.bitrix import forms
+from b24app.sandbox import faults
 from b24app.sandbox.state import (
     APP_SCOPE,
     APP_STATUS,
@@ -183,10 +187,18 @@ def call_method(name):
         return "", 200
 
     start = time.time()
-    name = name.lower().removesuffix(".json")
+    name = faults.method_name(name)
     state = current_app.extensions["sandbox"]
     try:
         params = read_params()
+        # The portal is known by the token, live or not: its requests count all the same.
+        member_id = state.member_of_access_token(params.get("auth") or params.get("access_token"))
+        if member_id is not None:
+            refusal = faults.refusal(state, member_id, "rest", name)
+            if refusal is not None:
+                return refusal
+            if not state.admit_rest_request(member_id):
+                return faults.error_answer("rest", "QUERY_LIMIT_EXCEEDED")
         call = authenticate(state, params)
         result = run_method(name, params, call)
     except ProtocolError as error:

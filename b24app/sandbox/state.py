@@ -17,14 +17,16 @@ import secrets
 import tempfile
 import threading
 import time
+import typing
 import uuid
 from collections import deque
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
 from b24app.sandbox import events
+from b24app.sandbox.faults import KINDS, MAX_DELAY, OAUTH_METHODS, TARGETS, Fault, method_name
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,15 @@ SHARED_CHANNEL = 0
 RECORDS_KEPT = 100_000
 
 # The layout of the state file; a file with another version is set aside like a corrupt one.
+# Fields added later have defaults, and files written before them load with those defaults.
 STATE_FILE_VERSION = 1
+
+# What can be wrong with a whole portal, and the fault kind each makes every REST call and
+# every refresh answer with.
+PORTAL_CONDITIONS = {
+    "unpaid": "PAYMENT_REQUIRED",
+    "deleted": "PORTAL_DELETED",
+}
 
 
 class ProtocolError(Exception):
@@ -119,7 +129,8 @@ class Portal:
     """A sandbox portal with the registered local app on it.
 
     ``installed`` is the app's INSTALLED flag; ``application_token`` belongs to the current
-    installation and is replaced when the app is uninstalled.
+    installation and is replaced when the app is uninstalled. ``condition`` is None for a
+    portal in order, or one of :data:`PORTAL_CONDITIONS`.
     """
 
     member_id: str
@@ -131,6 +142,7 @@ class Portal:
     uninstalled: bool = False
     install_count: int = 0
     handlers: list = field(default_factory=list)
+    condition: str | None = None
 
     @property
     def app_state(self):
@@ -241,8 +253,17 @@ class SandboxState:
 
     Records for tests, the newest ``RECORDS_KEPT`` of each: ``pushed_messages`` (a deque of
     :class:`PushedMessage`), ``event_deliveries`` (a deque of :class:`EventDelivery`),
-    ``refresh_count`` (completed OAuth refreshes, all portals) and ``refresh_counts`` (by
-    ``member_id``). These records, frame launches and push sockets live in memory only.
+    ``refresh_count`` (completed OAuth refreshes, all portals), ``refresh_counts`` (by
+    ``member_id``) and ``refresh_requests`` (requests that reached the token endpoint with a
+    portal's refresh token, by ``member_id``, whether they succeeded, failed or met a fault).
+    These records, frame launches, faults, the rate limit's buckets and push sockets live in
+    memory only.
+
+    Faults (:meth:`add_fault`) make a portal's next requests fail as a real server fails;
+    a portal's condition (:meth:`set_portal_condition`) makes all of them fail until changed.
+    The REST API limits each portal's requests as a cloud portal does: a leaky bucket of
+    ``config["SANDBOX_RATE_LIMIT"]`` requests that drains ``config["SANDBOX_RATE_DRAIN"]`` per
+    second; either set to 0 turns the limit off.
 
     Portals, users, handlers, tokens, push channels and id counters are kept in the JSON file
     ``config["SANDBOX_STATE_FILE"]``: read here, rewritten atomically after every change. When
@@ -258,6 +279,8 @@ class SandboxState:
         self.client_secret = config["B24_CLIENT_SECRET"]
         self.access_lifetime = float(config.get("SANDBOX_ACCESS_TOKEN_LIFETIME", 3600))
         self.refresh_lifetime = float(config.get("SANDBOX_REFRESH_TOKEN_LIFETIME", 180 * 86400))
+        self.rate_limit = int(config.get("SANDBOX_RATE_LIMIT", 50))
+        self.rate_drain = float(config.get("SANDBOX_RATE_DRAIN", 2.0))
 
         parts = urlsplit(self.sandbox_url)
         self.https = parts.scheme == "https"
@@ -277,6 +300,9 @@ class SandboxState:
         self._next_app_id = 1
         self._next_handler_id = 1
         self._by_access = {}
+        # Every access token ever issued, used up or not, names its portal: a portal that
+        # refuses or counts a request does so whatever the token's state.
+        self._member_by_access = {}
         self._by_refresh = {}
         self._launches = {}
         self._channels = {}
@@ -287,6 +313,11 @@ class SandboxState:
         self.pushed_messages = deque(maxlen=RECORDS_KEPT)
         self.event_deliveries = deque(maxlen=RECORDS_KEPT)
         self.refresh_counts = {}
+        self.refresh_requests = {}
+        self._faults = []
+        self._next_fault_id = 1
+        # member_id -> (requests in the bucket, when it was last drained)
+        self._buckets = {}
 
         self.state_file = config.get("SANDBOX_STATE_FILE") or None
         self._change_depth = 0
@@ -364,6 +395,7 @@ class SandboxState:
         )
         with self._changing():
             self._by_access[token.access_token] = token
+            self._member_by_access[token.access_token] = member_id
             self._by_refresh[token.refresh_token] = token
         return token
 
@@ -432,6 +464,160 @@ class SandboxState:
             "status": APP_STATUS,
             "user_id": token.user_id,
         }
+
+    # Faults, portal conditions and the rate limit.
+
+    def add_fault(self, member_id, target, kind, times=1, method=None, delay=None):
+        """Make the portal's next requests to ``target`` fail as ``kind``; return the fault.
+
+        A request gets the oldest of the portal's faults that matches it, and a fault whose
+        ``times`` are used up is gone; so faults added one after another answer one after
+        another. The kinds and their answers are listed in :mod:`b24app.sandbox.faults`.
+
+        :param target: ``"oauth"``, the OAuth server's token endpoint (or its ``app.info``
+            with ``method="app.info"``), or ``"rest"``, the portal's REST API.
+        :param kind: an error code of the target (``invalid_grant``, ``QUERY_LIMIT_EXCEEDED``,
+            …), ``html_error``, ``empty_error``, ``slow``, ``drop_connection``, or for
+            ``rest`` also ``redirect``.
+        :param times: how many requests it answers; None until :meth:`clear_faults`.
+        :param method: for ``rest``, only calls of this method (None: every call).
+        :param delay: seconds to wait before answering; required for ``slow``.
+        :return: a copy of the :class:`~b24app.sandbox.faults.Fault`.
+        :raise SandboxError: for an unknown portal, or a target, kind or value that is not one.
+        """
+        self.get_portal(member_id)
+        if target not in TARGETS:
+            raise SandboxError(f"target must be one of {', '.join(TARGETS)}; got {target!r}.")
+        if kind not in KINDS[target]:
+            raise SandboxError(
+                f"kind {kind!r} is not a fault of {target}; it may be one of "
+                f"{', '.join(KINDS[target])}."
+            )
+        if times is not None and (type(times) is not int or times < 1):
+            raise SandboxError(f"times must be a positive integer or null; got {times!r}.")
+        if method is not None:
+            if not isinstance(method, str) or not method_name(method.strip()):
+                raise SandboxError(f"method must be a method name or null; got {method!r}.")
+            method = method_name(method.strip())
+            if target == "oauth" and method not in OAUTH_METHODS:
+                raise SandboxError(
+                    "method of an oauth fault must be null (the token endpoint) or "
+                    f"{', '.join(OAUTH_METHODS)}; got {method!r}."
+                )
+        if delay is not None:
+            if type(delay) not in (int, float) or not 0 <= delay <= MAX_DELAY:
+                raise SandboxError(
+                    f"delay must be a number of seconds from 0 to {MAX_DELAY}; got {delay!r}."
+                )
+            delay = float(delay)
+        if kind == "slow" and not delay:
+            raise SandboxError("A slow fault needs a delay of more than 0 seconds.")
+
+        with self._lock:
+            fault = Fault(self._next_fault_id, member_id, target, kind, times, method, delay)
+            self._next_fault_id += 1
+            self._faults.append(fault)
+            return replace(fault)
+
+    def faults(self, member_id):
+        """Return copies of the portal's faults still to answer, oldest first.
+
+        :raise SandboxError: for an unknown portal.
+        """
+        self.get_portal(member_id)
+        with self._lock:
+            return [replace(fault) for fault in self._faults if fault.member_id == member_id]
+
+    def clear_faults(self, member_id=None):
+        """Remove the portal's faults, or every portal's with None; return how many went."""
+        with self._lock:
+            kept = [f for f in self._faults if member_id is not None and f.member_id != member_id]
+            removed = len(self._faults) - len(kept)
+            self._faults = kept
+        return removed
+
+    def take_fault(self, member_id, target, method=None):
+        """Use up one answer of the oldest fault matching a request, and return a copy of it.
+
+        :param method: the REST method called, or for ``oauth`` None (the token endpoint) or
+            ``app.info``.
+        :return: the :class:`~b24app.sandbox.faults.Fault`, or None when none matches.
+        """
+        with self._lock:
+            for fault in self._faults:
+                if fault.member_id == member_id and fault.matches(target, method):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times == 0:
+                            self._faults.remove(fault)
+                    return replace(fault)
+        return None
+
+    def set_portal_condition(self, member_id, condition):
+        """Make the portal ``"unpaid"`` or ``"deleted"`` until changed, or in order with None.
+
+        An unpaid portal answers every REST call and refresh with ``PAYMENT_REQUIRED``, a
+        deleted one with ``PORTAL_DELETED``. The condition is kept in the state file.
+
+        :raise SandboxError: for an unknown portal or condition.
+        """
+        portal = self.get_portal(member_id)
+        if condition is not None and condition not in PORTAL_CONDITIONS:
+            raise SandboxError(
+                f"condition must be one of {', '.join(PORTAL_CONDITIONS)} or null; "
+                f"got {condition!r}."
+            )
+        with self._changing():
+            portal.condition = condition
+        return portal
+
+    def condition_fault(self, member_id, target):
+        """Return the fault the portal's condition answers ``target`` with, or None."""
+        with self._lock:
+            portal = self._portals.get(member_id)
+            condition = portal.condition if portal is not None else None
+        if condition is None:
+            return None
+        return Fault(0, member_id, target, PORTAL_CONDITIONS[condition], times=None)
+
+    def admit_rest_request(self, member_id):
+        """Count one REST request in the portal's bucket; return False when the bucket is full.
+
+        The bucket drains ``rate_drain`` requests a second; a refused request is not counted.
+        """
+        if self.rate_limit <= 0 or self.rate_drain <= 0:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            level, drained_at = self._buckets.get(member_id, (0.0, now))
+            level = max(0.0, level - (now - drained_at) * self.rate_drain)
+            if level + 1 > self.rate_limit:
+                self._buckets[member_id] = (level, now)
+                return False
+            self._buckets[member_id] = (level + 1, now)
+        return True
+
+    def member_of_access_token(self, access_token):
+        """Return the ``member_id`` an access token was issued on, live or not, or None."""
+        if not isinstance(access_token, str):
+            return None
+        with self._lock:
+            return self._member_by_access.get(access_token)
+
+    def count_refresh_request(self, refresh_token):
+        """Record a request to the token endpoint and return its portal's ``member_id``.
+
+        :return: None for a refresh token the OAuth server never issued (nothing is recorded).
+        """
+        if not isinstance(refresh_token, str):
+            return None
+        with self._lock:
+            token = self._by_refresh.get(refresh_token)
+            if token is None:
+                return None
+            member_id = token.member_id
+            self.refresh_requests[member_id] = self.refresh_requests.get(member_id, 0) + 1
+        return member_id
 
     # The frame and the app's lifecycle.
 
@@ -936,6 +1122,7 @@ class SandboxState:
         self._by_refresh = {token.refresh_token: token for token in tokens}
         # A refresh drops the used-up link from the access index; rebuild that index the same way.
         self._by_access = {token.access_token: token for token in tokens if not token.revoked}
+        self._member_by_access = {token.access_token: token.member_id for token in tokens}
         for channel in channels:
             self._channels[channel.id] = channel
             if channel.type == "shared":
@@ -975,11 +1162,14 @@ def _restore(kind, record):
     """
     values = {}
     for item in fields(kind):
+        if item.name not in record and item.default is not MISSING:
+            # A field added after the file was written: it has the default it had then.
+            continue
         value = record[item.name]
         # JSON writes a float with no fraction the way it writes an int.
         if item.type is float and type(value) is int:
             value = float(value)
-        if type(value) is not item.type:
+        if type(value) not in (typing.get_args(item.type) or (item.type,)):
             raise ValueError(f"{kind.__name__}.{item.name} has the wrong type")
         values[item.name] = value
     return kind(**values)
@@ -998,7 +1188,10 @@ def _restore_state(stored):
         users = [_restore(User, user) for user in record["users"]]
         record["users"] = {user.id: user for user in users}
         record["handlers"] = [_restore(EventHandler, handler) for handler in record["handlers"]]
-        portals.append(_restore(Portal, record))
+        portal = _restore(Portal, record)
+        if portal.condition is not None and portal.condition not in PORTAL_CONDITIONS:
+            raise ValueError("Portal.condition is not a known condition")
+        portals.append(portal)
     tokens = [_restore(Token, record) for record in stored["tokens"]]
     channels = [_restore(Channel, record) for record in stored["channels"]]
     next_app_id = stored["next_app_id"]

@@ -198,6 +198,19 @@
     });
   }
 
+  // Not part of a portal: the sandbox's control of what is wrong with the portal.
+  const conditionButton = document.getElementById("condition-button");
+  conditionButton.addEventListener("click", function () {
+    const condition = document.getElementById("condition-select").value || null;
+    post("condition", { condition: condition })
+      .then(function () {
+        window.location.reload();
+      })
+      .catch(function (error) {
+        log("Condition not set: " + error.message);
+      });
+  });
+
   if (appState === "installed") {
     launch(null);
   }
