@@ -25,6 +25,7 @@ from b24app import store
 from b24app.bitrix import rest_client
 from b24app.bitrix.errors import AccessLost, BitrixError, CallRejected, RetryLater
 from b24app.db import transaction
+from b24app.encryption import TokenKeyError
 from b24app.models import SchedulerClaim, utcnow
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ class PingScheduler:
             log.error("Ping to portal %s rejected: %s", member_id, exc)
         except BitrixError as exc:
             log.warning("Ping to portal %s failed: %s", member_id, exc)
+        except TokenKeyError as exc:
+            log.error("Ping to portal %s not sent: %s", member_id, exc)
         except Exception:
             log.exception("Ping to portal %s failed unexpectedly", member_id)
         finally:

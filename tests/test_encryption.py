@@ -13,6 +13,7 @@ from b24app import TokenKeyError, create_app, migrations, store
 from b24app.api import issue_page_token
 from b24app.config import ConfigError
 from b24app.encryption import encrypt_stored_tokens
+from b24app.scheduler import PingScheduler
 from tests.test_store import make_frame, save
 
 KEY_A = Fernet.generate_key().decode()
@@ -374,3 +375,15 @@ def test_a_test_config_may_give_the_keys_in_the_environment_form(monkeypatch, da
     tokens = store_portals(app_with_keys(monkeypatch, database_url, KEY_A), 1)
     app = create_app({"DATABASE_URL": database_url, "TOKEN_ENCRYPTION_KEYS": f"{KEY_B}, {KEY_A}"})
     assert read_tokens(app, member(0)) == tokens[member(0)]
+
+
+def test_a_ping_meeting_a_dropped_key_is_one_log_line(dropped_key_app, caplog):
+    scheduler = PingScheduler(dropped_key_app)
+
+    scheduler._ping(member(0))
+
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert [record.getMessage() for record in errors] == [
+        f"Ping to portal {member(0)} not sent: " + UNDECRYPTABLE.format(member_id=member(0))
+    ]
+    assert errors[0].exc_info is None
