@@ -384,6 +384,8 @@ def test_a_ping_meeting_a_dropped_key_is_one_log_line(dropped_key_app, caplog):
 
     errors = [record for record in caplog.records if record.levelname == "ERROR"]
     assert [record.getMessage() for record in errors] == [
-        f"Ping to portal {member(0)} not sent: " + UNDECRYPTABLE.format(member_id=member(0))
+        f"Ping to portal {member(0)} not sent: a stored token cannot be decrypted with "
+        "TOKEN_ENCRYPTION_KEYS; put back the key it was encrypted with, after the current one, "
+        "and run `flask --app wsgi rotate-token-keys` before dropping that key again."
     ]
     assert errors[0].exc_info is None
