@@ -51,8 +51,8 @@ class AccessProblem:
     PAYMENT_REQUIRED = "payment_required"
     PORTAL_DELETED = "portal_deleted"
     NOT_INSTALLED = "not_installed"
-    # The portal answered from another address (renamed); its new address comes with the
-    # next frame the portal opens.
+    # The portal redirects the app's calls (renamed) even at the address its OAuth server
+    # gives; its new address comes with the next frame it opens.
     MOVED = "moved"
 
 

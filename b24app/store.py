@@ -3,6 +3,7 @@
 import hmac
 import logging
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
@@ -74,7 +75,7 @@ def _locked_portal(session, member_id):
 
 
 def renew_tokens(member_id, refused_access_token, refresh):
-    """Return the access token to use instead of ``refused_access_token``, refreshing at most once.
+    """Return the portal with the tokens to use instead of the refused ones (one refresh at most).
 
     The portal's row stays locked from before the stored tokens are read until the new ones are
     stored, across threads and processes. Whoever finds the stored access token changed since
@@ -101,7 +102,7 @@ def renew_tokens(member_id, refused_access_token, refresh):
                 member_id=member_id,
             )
         if portal.access_token != refused_access_token:
-            return portal.access_token
+            return portal
         try:
             tokens = refresh(portal.refresh_token, portal.server_endpoint)
         except AccessLost as exc:
@@ -115,11 +116,21 @@ def renew_tokens(member_id, refused_access_token, refresh):
             portal.scope = tokens.scope or portal.scope
             # The OAuth server knows the portal's current address, renamed or not.
             if tokens.client_endpoint and tokens.member_id == member_id:
-                portal.client_endpoint = tokens.client_endpoint
+                _move_portal(portal, tokens.client_endpoint)
             log.info("Portal %s: tokens refreshed", member_id)
-            return tokens.access_token
+            return portal
     log.warning("Portal %s: token refresh refused, %s: %s", member_id, lost.problem, lost.code)
     raise lost
+
+
+def _move_portal(portal, client_endpoint):
+    """Take the portal's current REST address, and with it its domain, from a token answer."""
+    if client_endpoint == portal.client_endpoint:
+        return
+    domain = urlsplit(client_endpoint).netloc
+    log.info("Portal %s: now at %s (was %s)", portal.member_id, domain, portal.domain)
+    portal.client_endpoint = client_endpoint
+    portal.domain = domain or portal.domain
 
 
 def mark_access_problem(member_id, error, access_token):

@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from b24app import create_app, logsafe
 from b24app.bitrix import oauth_client, rest_client
-from b24app.bitrix.errors import AccessLost, TokenExpired
+from b24app.bitrix.errors import AccessLost, RefreshAndRetry
 from b24app.db import transaction
 from b24app.logsafe import MaskingFormatter, mask
 from b24app.models import Portal
@@ -231,7 +231,7 @@ def test_no_token_or_secret_reaches_a_log_line_in_real_flows(
         sandbox.expire_access_tokens(member_id)
         with pytest.raises(AccessLost, match="invalid_grant"):
             rest_client().call(member_id, "server.time")
-        with pytest.raises(TokenExpired):
+        with pytest.raises(RefreshAndRetry):
             oauth_client().app_info(refused_access)
     # A failure logged with its traceback, whose message holds the refresh URL.
     try:

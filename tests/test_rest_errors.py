@@ -76,7 +76,6 @@ def test_a_portal_that_does_not_answer_in_time_backs_off(live_server_factory):
         ("PAYMENT_REQUIRED", "PAYMENT_REQUIRED", "payment_required"),
         ("APPLICATION_NOT_FOUND", "APPLICATION_NOT_FOUND", "not_installed"),
         ("ERROR_OAUTH", "ERROR_OAUTH", "not_installed"),
-        ("redirect", "PORTAL_MOVED", "moved"),
     ],
 )
 def test_a_portal_that_shuts_the_app_out_is_marked_and_no_longer_called(
@@ -99,6 +98,29 @@ def test_a_portal_that_shuts_the_app_out_is_marked_and_no_longer_called(
     with pytest.raises(AccessLost):
         call(live_server, portal.member_id)
     assert len(live_server.sandbox.faults(portal.member_id)) == 1
+
+
+def test_a_redirecting_portal_is_asked_again_where_the_oauth_server_says_it_is(live_server):
+    portal = install_portal(live_server)
+    live_server.sandbox.add_fault(portal.member_id, "rest", "redirect")
+
+    assert call(live_server, portal.member_id)["result"]["ID"] == "1"
+
+    assert live_server.sandbox.refresh_counts[portal.member_id] == 1
+    after = stored(live_server, portal.member_id)
+    assert after.client_endpoint == live_server.sandbox_url + "/rest/"
+    assert after.access_problem is None
+
+
+def test_a_portal_that_keeps_redirecting_is_marked_moved(live_server):
+    portal = install_portal(live_server)
+    live_server.sandbox.add_fault(portal.member_id, "rest", "redirect", times=None)
+
+    with pytest.raises(AccessLost) as error:
+        call(live_server, portal.member_id)
+
+    assert (error.value.code, error.value.problem) == ("PORTAL_MOVED", "moved")
+    assert stored(live_server, portal.member_id).access_problem == "moved"
 
 
 def test_a_deleted_portal_is_marked_deleted(live_server):

@@ -116,13 +116,14 @@ def test_renewing_refreshes_the_refused_tokens_and_stores_the_new_ones(store_app
         asked.append((refresh_token, server_endpoint))
         return fresh_tokens()
 
-    assert store.renew_tokens("m" * 32, "access1", refresh) == "access9"
+    assert store.renew_tokens("m" * 32, "access1", refresh).access_token == "access9"
 
     assert asked == [("refresh1", "https://oauth.bitrix.info/rest/")]
     portal = store.get_portal("m" * 32)
     assert (portal.access_token, portal.refresh_token) == ("access9", "refresh9")
     assert portal.scope == "pull,crm"
     assert portal.client_endpoint == "https://renamed.bitrix24.com/rest/"
+    assert portal.domain == "renamed.bitrix24.com"
 
 
 def test_renewing_tokens_that_changed_meanwhile_takes_the_stored_ones(store_app):
@@ -131,7 +132,9 @@ def test_renewing_tokens_that_changed_meanwhile_takes_the_stored_ones(store_app)
     def refresh(refresh_token, server_endpoint):
         raise AssertionError("must not refresh")
 
-    assert store.renew_tokens("m" * 32, "an-older-access-token", refresh) == "access1"
+    assert store.renew_tokens("m" * 32, "an-older-access-token", refresh).access_token == (
+        "access1"
+    )
 
 
 def test_a_lost_refresh_marks_the_portal_and_keeps_its_tokens(store_app):

@@ -4,7 +4,8 @@ Bitrix24 answers a failed call with an error code (``{"error": ..., "error_descr
 and the same code comes with different HTTP statuses from different servers, so the type is
 chosen by the code first and by the status only for codes it does not know:
 
-- :class:`TokenExpired`: renew the tokens and repeat the call.
+- :class:`RefreshAndRetry`: renew the tokens (which also tells the portal's current address)
+  and repeat the call.
 - :class:`RetryLater`: the portal is rate-limiting or down; wait, then try again.
 - :class:`AccessLost`: give up on this portal until the app is opened there again.
 - :class:`CallRejected`: our call or our settings are wrong; repeating it cannot help.
@@ -46,8 +47,9 @@ class BitrixError(Exception):
         return f"{where}{self.method}: {self.code}{status}: {self.description}"
 
 
-class TokenExpired(BitrixError):
-    """The access token is expired or unknown: renew the tokens and repeat the call."""
+class RefreshAndRetry(BitrixError):
+    """Renew the tokens and repeat the call: the access token is expired or unknown, or the
+    portal answered from its old address (a token answer names the current one)."""
 
 
 class RetryLater(BitrixError):
@@ -76,7 +78,7 @@ class CallRejected(BitrixError):
     """The call or the app's settings are wrong (unknown method, bad parameters, scope, client)."""
 
 
-TOKEN_EXPIRED_CODES = {"expired_token", "invalid_token", "NO_AUTH_FOUND"}
+REFRESH_AND_RETRY_CODES = {"expired_token", "invalid_token", "NO_AUTH_FOUND", "PORTAL_MOVED"}
 RETRY_LATER_CODES = {
     "QUERY_LIMIT_EXCEEDED",
     "OPERATION_TIME_LIMIT",
@@ -97,7 +99,6 @@ ACCESS_PROBLEMS = {
     "NOT_INSTALLED": AccessProblem.NOT_INSTALLED,
     "APPLICATION_NOT_FOUND": AccessProblem.NOT_INSTALLED,
     "ERROR_OAUTH": AccessProblem.NOT_INSTALLED,
-    "PORTAL_MOVED": AccessProblem.MOVED,
 }
 
 
@@ -108,8 +109,8 @@ def error_for(code, description, *, status=None, retry_after=None, **context):
     """
     arguments = (code, description)
     context["status"] = status
-    if code in TOKEN_EXPIRED_CODES:
-        return TokenExpired(*arguments, **context)
+    if code in REFRESH_AND_RETRY_CODES:
+        return RefreshAndRetry(*arguments, **context)
     if code in ACCESS_PROBLEMS:
         return AccessLost(*arguments, problem=ACCESS_PROBLEMS[code], **context)
     if code in RETRY_LATER_CODES or status == 429 or (status or 0) >= 500:

@@ -15,7 +15,7 @@ from b24app.bitrix.errors import (
     AccessLost,
     AccessProblem,
     CallRejected,
-    TokenExpired,
+    RefreshAndRetry,
     answer_json,
     error_for,
     retry_after,
@@ -139,7 +139,7 @@ class OAuthClient:
         }
         try:
             body = self._get(url, params, "oauth/token")
-        except TokenExpired as exc:
+        except RefreshAndRetry as exc:
             # From the OAuth server, a refused token means the refresh token is no good.
             raise AccessLost(
                 exc.code,

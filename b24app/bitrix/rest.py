@@ -19,8 +19,8 @@ from b24app.bitrix.errors import (
     AccessLost,
     AccessProblem,
     CallRejected,
+    RefreshAndRetry,
     RetryLater,
-    TokenExpired,
     answer_json,
     error_for,
     retry_after,
@@ -119,27 +119,28 @@ class RestClient:
         return answer["result"] is True
 
     def _call_renewing(self, portal, method, params):
-        """Make one attempt of a call, renewing the tokens once if the portal refuses them."""
+        """Make one attempt of a call, renewing the tokens once if the portal asks for it."""
         member_id = portal.member_id
         try:
             return self._post_marking(portal, portal.access_token, method, params)
-        except TokenExpired as exc:
+        except RefreshAndRetry as exc:
             refused = exc
-        access_token = store.renew_tokens(member_id, portal.access_token, self.oauth.refresh)
+        renewed = store.renew_tokens(member_id, portal.access_token, self.oauth.refresh)
         try:
-            return self._post_marking(portal, access_token, method, params)
-        except TokenExpired as exc:
-            # Tokens that were renewed or changed a moment ago are refused too: the portal no
-            # longer knows the app's tokens.
+            return self._post_marking(renewed, renewed.access_token, method, params)
+        except RefreshAndRetry as exc:
+            # Renewed tokens refused too: the portal no longer knows the app's tokens, or no
+            # longer answers where the OAuth server says it is.
+            moved = exc.code == "PORTAL_MOVED"
             lost = AccessLost(
                 exc.code,
-                f"Renewed tokens were refused too ({refused.code}, then {exc.code}).",
-                problem=AccessProblem.NEEDS_REAUTH,
+                f"Asked again after renewing the tokens ({refused.code}, then {exc.code}).",
+                problem=AccessProblem.MOVED if moved else AccessProblem.NEEDS_REAUTH,
                 status=exc.status,
                 method=method,
                 member_id=member_id,
             )
-            store.mark_access_problem(member_id, lost, access_token=access_token)
+            store.mark_access_problem(member_id, lost, access_token=renewed.access_token)
             raise lost from None
 
     def _post_marking(self, portal, access_token, method, params):
@@ -169,8 +170,7 @@ class RestClient:
         if 300 <= response.status_code < 400:
             raise error_for(
                 "PORTAL_MOVED",
-                "The portal answered from another address (renamed?); the app must be opened "
-                "there again.",
+                "The portal answered with a redirect to another address (renamed?).",
                 status=response.status_code,
                 **context,
             )
