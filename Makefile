@@ -2,6 +2,8 @@
 # `make test` sets up what the tests need and runs them.
 # `make bench` runs the ping fan-out benchmark and prints its figures (it asserts nothing);
 # vary it with e.g. `make bench BENCH_PORTALS=200 BENCH_INTERVAL=0.2`.
+# `make bench-log` times the admin page's log queries on a million rows (BENCH_ROWS; with
+# BENCH_DATABASE_URL on a scratch database of that PostgreSQL server).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,8 +13,10 @@ PORT ?= 5000
 BENCH_PORTALS ?= 50
 BENCH_INTERVAL ?= 1
 BENCH_SECONDS ?= 20
+BENCH_ROWS ?= 1000000
+BENCH_DATABASE_URL ?=
 
-.PHONY: run test setup test-setup browser lint bench
+.PHONY: run test setup test-setup browser lint bench bench-log
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +62,7 @@ lint: $(VENV)/.test-requirements
 bench: setup $(VENV)/.test-requirements
 	$(BIN)/python -m tests.benchmarks.ping_fanout --portals $(BENCH_PORTALS) \
 	  --interval $(BENCH_INTERVAL) --seconds $(BENCH_SECONDS)
+
+bench-log: setup
+	$(BIN)/python -m tests.benchmarks.event_log_paging --rows $(BENCH_ROWS) \
+	  $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))

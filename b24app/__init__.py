@@ -6,7 +6,7 @@ import os
 from dotenv import load_dotenv
 from flask import Flask
 
-from b24app import bitrix, db, encryption, logsafe
+from b24app import bitrix, db, encryption, eventlog, logsafe
 from b24app.config import ConfigError, load_config
 from b24app.encryption import TokenKeyError
 
@@ -33,13 +33,15 @@ def create_app(test_config=None):
 
     db.init_app(app)
     encryption.init_app(app)
+    eventlog.init_app(app)
     bitrix.init_app(app)
 
-    from b24app import api, cli, events, pages
+    from b24app import admin, api, cli, events, pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(api.bp)
+    admin.init_app(app)
     cli.init_app(app)
 
     if app.config["SANDBOX"]:

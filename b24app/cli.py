@@ -1,4 +1,4 @@
-"""Commands: ``flask --app wsgi db-upgrade | rotate-token-keys | serve | scheduler``."""
+"""The `flask --app wsgi` commands: db-upgrade, rotate-token-keys, serve, scheduler, admin-link."""
 
 import logging
 import threading
@@ -16,6 +16,7 @@ def init_app(app):
     app.cli.add_command(rotate_token_keys)
     app.cli.add_command(serve)
     app.cli.add_command(scheduler)
+    app.cli.add_command(admin_link)
 
 
 @click.command("db-upgrade")
@@ -87,6 +88,26 @@ def scheduler():
         pass
     finally:
         running.shutdown()
+
+
+@click.command("admin-link")
+@click.option(
+    "--hours",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True, max=30 * 24),
+    help="How long the link works.",
+)
+@with_appcontext
+def admin_link(hours):
+    """Print the operator's link to the admin page, showing every portal's events."""
+    from b24app.admin import operator_link
+
+    click.echo(operator_link(hours))
+    click.echo(
+        f"Valid for {hours:g} hours. Anyone holding it sees every portal's log: keep it private.",
+        err=True,
+    )
 
 
 def _require_migrated(app):

@@ -172,6 +172,8 @@ def load_config(instance_path):
         "REST_ATTEMPTS": _env_float("REST_ATTEMPTS", 3),
         "BACKOFF_MAX": _env_float("BACKOFF_MAX", 300.0),
         "PAGE_TOKEN_MAX_AGE": _env_float("PAGE_TOKEN_MAX_AGE", 3600.0),
+        "ADMIN_TOKEN_MAX_AGE": _env_float("ADMIN_TOKEN_MAX_AGE", 3600.0),
+        "EVENT_LOG_RETENTION_DAYS": _env_float("EVENT_LOG_RETENTION_DAYS", 30.0),
         "SCHEDULER_IN_SERVER": _env_bool("SCHEDULER_IN_SERVER", True),
         "SANDBOX_URL": sandbox_url,
         "SANDBOX_ACCESS_TOKEN_LIFETIME": _env_float("SANDBOX_ACCESS_TOKEN_LIFETIME", 3600.0),
@@ -199,6 +201,9 @@ def load_config(instance_path):
     for name in ("SANDBOX_RATE_LIMIT", "SANDBOX_RATE_DRAIN"):
         if config[name] < 0:
             raise ConfigError(f"{name} must be 0 (no rate limit) or more.")
+    for name in ("ADMIN_TOKEN_MAX_AGE", "EVENT_LOG_RETENTION_DAYS"):
+        if config[name] <= 0:
+            raise ConfigError(f"{name} must be a positive number.")
     if config["LOG_LEVEL"] not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}.")
     for name in ("PUBLIC_URL", "OAUTH_SERVER", "SANDBOX_URL"):

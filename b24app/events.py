@@ -9,11 +9,12 @@ import re
 
 from flask import Blueprint, request
 
-from b24app import store
+from b24app import eventlog, store
 from b24app.bitrix import oauth_client, rest_client
 from b24app.bitrix.errors import BitrixError
 from b24app.bitrix.forms import FormError, unflatten
 from b24app.bitrix.frame import MEMBER_ID_PATTERN
+from b24app.eventlog import Kind, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def events():
         return {"error": "The event's name or auth[member_id] is malformed."}, 400
 
     if event == "ONAPPINSTALL":
-        return _on_app_install(member_id, auth)
+        return _logged_install(member_id, _on_app_install(member_id, auth))
 
     portal = store.get_portal(member_id)
     presented = auth.get("application_token", "")
@@ -54,12 +55,32 @@ def events():
     if not store.application_token_matches(portal, presented):
         return _refuse_application_token(event, member_id)
     log.info("Event %s for portal %s needs no action", event, member_id)
+    _record_event(event, member_id, Outcome.OK, "Verified; needs no action")
     return {"result": "ok"}
+
+
+def _record_event(event, member_id, outcome, message):
+    """Log one received event with how it was answered."""
+    eventlog.record(
+        Kind.EVENT, outcome, f"{event}: {message}", member_id=member_id, details={"event": event}
+    )
+
+
+def _refuse(event, member_id, message, body, status):
+    """Log the refusal of an event and return the answer that refuses it."""
+    _record_event(event, member_id, Outcome.REFUSED, message)
+    return body, status
 
 
 def _refuse_application_token(event, member_id):
     log.warning("Refused event %s for portal %s: wrong application_token", event, member_id)
-    return {"error": "The event's application_token does not match."}, 403
+    return _refuse(
+        event,
+        member_id,
+        "wrong application_token",
+        {"error": "The event's application_token does not match."},
+        403,
+    )
 
 
 def _on_app_uninstall(member_id, portal, presented):
@@ -73,9 +94,17 @@ def _on_app_uninstall(member_id, portal, presented):
     # uninstall: the portal must also have stopped accepting the app.
     if _app_still_installed(member_id):
         log.warning("Refused ONAPPUNINSTALL for portal %s: the app still works there", member_id)
-        return {"error": "The portal still has the app installed."}, 409
+        return _refuse(
+            "ONAPPUNINSTALL",
+            member_id,
+            "the app still works there",
+            {"error": "The portal still has the app installed."},
+            409,
+        )
     store.mark_uninstalled(member_id)
     log.info("Portal %s uninstalled the app; its tokens are deleted", member_id)
+    _record_event("ONAPPUNINSTALL", member_id, Outcome.OK, "Verified")
+    eventlog.record(Kind.UNINSTALL, Outcome.OK, "Uninstalled; tokens deleted", member_id=member_id)
     return {"result": "ok"}
 
 
@@ -90,6 +119,17 @@ def _app_still_installed(member_id):
         return False
     result = answer.get("result")
     return isinstance(result, dict) and result.get("INSTALLED") is True
+
+
+def _logged_install(member_id, answer):
+    """Log ONAPPINSTALL as answered, and the install as finished when it was taken."""
+    body, status = answer if isinstance(answer, tuple) else (answer, 200)
+    if status == 200:
+        _record_event("ONAPPINSTALL", member_id, Outcome.OK, "Verified")
+        eventlog.record(Kind.INSTALL_FINISH, Outcome.OK, "Install finished", member_id=member_id)
+    else:
+        _record_event("ONAPPINSTALL", member_id, Outcome.REFUSED, body["error"])
+    return answer
 
 
 def _on_app_install(member_id, auth):

@@ -1,8 +1,8 @@
-"""The stored state: one row per portal that installed the app, and the scheduler's tick claims."""
+"""The stored state: the portals with the app, the scheduler's tick claims and the event log."""
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from b24app.encryption import EncryptedText
@@ -105,3 +105,38 @@ class SchedulerClaim(Base):
     last_tick: Mapped[int] = mapped_column(BigInteger, default=0)
     claimed_by: Mapped[str] = mapped_column(String(128), default="")
     claimed_at: Mapped[datetime | None] = mapped_column()
+
+
+class EventLogEntry(Base):
+    """One thing that happened to the app or a portal: install, handshake, ping, event, …
+
+    Rows are read newest first with keyset paging on ``(occurred_at, id)``; every index ends in
+    those two columns so that each filter (portal, kind, outcome, portal and kind) pages through
+    an index without sorting.
+    """
+
+    __tablename__ = "event_log"
+    __table_args__ = (
+        Index("ix_event_log_occurred", "occurred_at", "id"),
+        Index("ix_event_log_member_occurred", "member_id", "occurred_at", "id"),
+        Index("ix_event_log_kind_occurred", "kind", "occurred_at", "id"),
+        Index("ix_event_log_outcome_occurred", "outcome", "occurred_at", "id"),
+        Index("ix_event_log_member_kind_occurred", "member_id", "kind", "occurred_at", "id"),
+    )
+
+    # SQLite numbers rows only in an INTEGER PRIMARY KEY; elsewhere the log outgrows 32 bits.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column()
+    # Empty for what concerns no single portal (the scheduler starting, the log being pruned).
+    member_id: Mapped[str | None] = mapped_column(String(64))
+    domain: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(String(255), default="")
+    # A ping's send duration or delivery delay, kept as a column so that statistics need no JSON.
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    # A JSON object; never a token or secret (the recorder strips those keys).
+    details: Mapped[str] = mapped_column(Text, default="{}")
+
+    def __repr__(self):
+        return f"<EventLogEntry {self.id} {self.kind} {self.outcome} {self.member_id}>"

@@ -21,7 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from b24app import store
+from b24app import eventlog, store
 from b24app.bitrix import rest_client
 from b24app.bitrix.errors import AccessLost, BitrixError, CallRejected, RetryLater
 from b24app.db import transaction
@@ -102,6 +102,7 @@ def send_ping(member_id, module_id):
         member_id,
         (time.monotonic() - started) * 1000,
     )
+    eventlog.record_ping_sent(member_id, sequence, sent_at, (time.monotonic() - started) * 1000)
     return sequence
 
 
@@ -134,6 +135,7 @@ class PingScheduler:
             coalesce=True,
             misfire_grace_time=max(1, int(self.interval)),
         )
+        eventlog.pruning.schedule(self._scheduler, app)
 
     def start(self):
         """Start sending pings; return self."""
@@ -141,6 +143,7 @@ class PingScheduler:
         log.info(
             "Scheduler started: ping every %ss on Pull module %r", self.interval, self.module_id
         )
+        eventlog.record_scheduler(self.app, started=True, interval=self.interval)
         return self
 
     def shutdown(self):
@@ -148,6 +151,7 @@ class PingScheduler:
         self._scheduler.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         log.info("Scheduler stopped")
+        eventlog.record_scheduler(self.app, started=False, interval=self.interval)
 
     def tick(self):
         """Claim the current tick and hand each installed portal's ping to the pool."""
@@ -182,16 +186,21 @@ class PingScheduler:
         try:
             with self.app.app_context():
                 send_ping(member_id, self.module_id)
-        except (RetryLater, AccessLost):
-            pass  # The REST client has logged it, with the backoff or the access problem.
+        except (RetryLater, AccessLost) as exc:
+            # The REST client has logged it, with the backoff or the access problem.
+            eventlog.record_ping_failed(self.app, member_id, exc.code, exc.description)
         except CallRejected as exc:
             log.error("Ping to portal %s rejected: %s", member_id, exc)
+            eventlog.record_ping_failed(self.app, member_id, exc.code, exc.description)
         except BitrixError as exc:
             log.warning("Ping to portal %s failed: %s", member_id, exc)
+            eventlog.record_ping_failed(self.app, member_id, exc.code, exc.description)
         except TokenKeyError as exc:
             log.error("Ping to portal %s not sent: %s", member_id, exc)
+            eventlog.record_ping_failed(self.app, member_id, "TOKEN_KEY_ERROR", str(exc))
         except Exception:
             log.exception("Ping to portal %s failed unexpectedly", member_id)
+            eventlog.record_ping_failed(self.app, member_id, "UNEXPECTED", "see the server log")
         finally:
             with self._in_flight_lock:
                 self._in_flight.discard(member_id)

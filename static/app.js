@@ -94,12 +94,53 @@ function receiveMessage(message) {
   }
   if (message.params?.source === 'scheduler') {
     refreshBackendStatus();
+    if (message.command === 'ping') {
+      acknowledgePing(message.params);
+    }
   }
   showMessage(message);
   logger.debug('Pull message received', {
     command: message.command,
     sequence: message.params?.sequence,
   });
+}
+
+/**
+ * Tell the backend that a scheduler ping arrived, so that its log knows the delivery delay.
+ *
+ * Only the ping's own sequence and sent_at go back; the backend measures the delay on its own
+ * clock. A failed acknowledgement costs a row in the log, never the page its pings.
+ */
+async function acknowledgePing(params) {
+  if (statusTokenRefused || !Number.isInteger(params.sequence)) {
+    return;
+  }
+  try {
+    const response = await fetch(`${config.apiUrl}/ping-delivered`, {
+      method: 'POST',
+      headers: {
+        Authorization: `Bearer ${config.apiToken}`,
+        'Content-Type': 'application/json',
+        Accept: 'application/json',
+      },
+      body: JSON.stringify({ sequence: params.sequence, sent_at: Number(params.sent_at) }),
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      logger.debug('Ping acknowledgement refused', { status: response.status, error: body.error });
+    }
+  } catch (error) {
+    logger.debug('Ping acknowledgement failed', { error: describeError(error) });
+  }
+}
+
+/** Open the admin page (the event log) in the portal's slider, as the app with view=admin. */
+async function openAdminPage() {
+  try {
+    await b24.slider.openSliderAppPage({ view: 'admin', bx24_title: 'Event log' });
+  } catch (error) {
+    showStatus(`Could not open the event log: ${describeError(error)}`, 'error');
+  }
 }
 
 /** Send a ping from the browser; it comes back through the same Pull subscription. */
@@ -212,6 +253,7 @@ async function start() {
   startPullClient();
 
   document.getElementById('send-ping').disabled = false;
+  document.getElementById('open-admin').disabled = false;
   setState('ready');
   showStatus(`Listening for pings on module "${config.moduleId}".`, 'ok');
   await logger.info('Pull client started', { memberId: config.memberId });
@@ -219,6 +261,10 @@ async function start() {
 
 if (!stopIfOutsidePortal()) {
   document.getElementById('send-ping').addEventListener('click', sendPing);
+  const adminButton = document.getElementById('open-admin');
+  // The backend asked the portal; the button only saves others a refusal.
+  adminButton.hidden = config.isAdmin !== true;
+  adminButton.addEventListener('click', openAdminPage);
   refreshBackendStatus();
   setInterval(refreshBackendStatus, STATUS_IDLE_INTERVAL_MS);
   start().catch(async (error) => {

@@ -37,6 +37,8 @@ SETTINGS = (
     "REST_ATTEMPTS",
     "BACKOFF_MAX",
     "PAGE_TOKEN_MAX_AGE",
+    "ADMIN_TOKEN_MAX_AGE",
+    "EVENT_LOG_RETENTION_DAYS",
 )
 
 # Every REST success carries a ``time`` block with these keys.

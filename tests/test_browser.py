@@ -337,3 +337,105 @@ def test_pings_stop_after_an_uninstall_and_resume_after_a_reinstall(page, schedu
     row = stored(server, portal.member_id)
     assert row.install_state == "installed"
     assert row.application_token == server.sandbox.get_portal(portal.member_id).application_token
+
+
+def slider_frame(page):
+    """Return the Playwright frame of the portal's slider (openApplication's panel)."""
+    handle = page.wait_for_selector("#slider-frame", state="attached", timeout=PAGE_TIMEOUT_MS)
+    return handle.content_frame()
+
+
+def delivered_pings(server, member_id):
+    """Return how many ping deliveries the app's log holds for the portal."""
+    from sqlalchemy import func, select
+
+    from b24app import eventlog
+    from b24app.db import reading
+    from b24app.models import EventLogEntry
+
+    with server.app.app_context():
+        eventlog.flush()
+        with reading() as session:
+            return session.scalar(
+                select(func.count())
+                .select_from(EventLogEntry)
+                .where(
+                    EventLogEntry.member_id == member_id,
+                    EventLogEntry.kind == "ping_delivery",
+                )
+            )
+
+
+def test_admin_page_shows_the_chart_and_new_pings_through_the_live_tail(page, scheduled_server):
+    from b24app import eventlog
+
+    server = scheduled_server
+    portal = install_app(page, server)
+    # The app page acknowledges each scheduler ping, which gives the chart its delays.
+    wait_until(
+        lambda: delivered_pings(server, portal.member_id) >= 2,
+        timeout=20,
+        message="ping deliveries acknowledged by the app page",
+    )
+    with server.app.app_context():
+        eventlog.record(
+            "event",
+            "refused",
+            '<img src=x id="injected"> from outside',
+            member_id=portal.member_id,
+            details={"payload": "<script>window.injected = 1</script>"},
+        )
+        eventlog.flush()
+
+    app_frame(page).click("#open-admin")
+    page.frame_locator("#slider-frame").locator("body[data-state='ready']").wait_for(
+        state="attached", timeout=PAGE_TIMEOUT_MS
+    )
+    admin = slider_frame(page)
+    admin.locator("body[data-tail='live']").wait_for(state="attached")
+
+    chart = admin.locator(f"#summary-rows tr[data-member-id='{portal.member_id}'] svg.chart")
+    assert int(chart.get_attribute("data-deliveries")) >= 1
+    assert admin.locator("svg.chart polyline.delay").count() >= 1
+    summary_row = admin.locator(f"#summary-rows tr[data-member-id='{portal.member_id}']")
+    assert " ms" in summary_row.text_content()
+
+    shown_before = admin.evaluate(
+        "Math.max(...[...document.querySelectorAll('#event-rows tr')].map(r => +r.dataset.id))"
+    )
+    admin.wait_for_function(
+        "id => window.adminTail.received.some(r => r.kind === 'ping_send' && r.id > id)",
+        arg=shown_before,
+        # Polled by time: Chromium may hold back animation frames in a frame it throttles.
+        polling=100,
+        timeout=PAGE_TIMEOUT_MS,
+    )
+    newest = admin.locator("#event-rows tr").first
+    assert int(newest.get_attribute("data-id")) > shown_before
+    live_ping = admin.locator("#event-rows tr[data-kind='ping_send']").first
+    assert int(live_ping.get_attribute("data-id")) > shown_before
+
+    # What came from outside is shown as text, never run or rendered as markup.
+    hostile = admin.locator("#event-rows tr[data-kind='event'][data-outcome='refused']").first
+    assert '<img src=x id="injected"> from outside' in hostile.text_content()
+    assert "<script>window.injected = 1</script>" in hostile.text_content()
+    assert admin.locator("#injected").count() == 0
+    assert admin.evaluate("window.injected === undefined")
+
+
+def test_admin_page_refuses_a_user_who_is_not_an_administrator(page, live_server):
+    portal = live_server.sandbox.create_portal()
+    live_server.sandbox.finish_install(portal.member_id)
+    page.goto(f"{live_server.sandbox_url}/portal/{portal.member_id}/?user=2")
+    frame = wait_for_app_state(page, "ready", timeout=INSTALL_TIMEOUT_MS)
+    # The app page does not offer the event log to a user who is not an administrator...
+    assert frame.locator("#open-admin").is_hidden()
+
+    # ...and the portal's own entry to it gets the refusal.
+    page.click("#open-admin-button")
+    page.frame_locator("#slider-frame").locator("body[data-state='refused']").wait_for(
+        state="attached", timeout=PAGE_TIMEOUT_MS
+    )
+    refused = slider_frame(page)
+    assert "administrators only" in refused.text_content("#status")
+    assert refused.locator("#event-rows").count() == 0

@@ -14,10 +14,11 @@ from datetime import timedelta
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from b24app import store
+from b24app import eventlog, store
 from b24app.bitrix.errors import (
     AccessLost,
     AccessProblem,
+    BitrixError,
     CallRejected,
     RefreshAndRetry,
     RetryLater,
@@ -125,7 +126,7 @@ class RestClient:
             return self._post_marking(portal, portal.access_token, method, params)
         except RefreshAndRetry as exc:
             refused = exc
-        renewed = store.renew_tokens(member_id, portal.access_token, self.oauth.refresh)
+        renewed = store.renew_tokens(member_id, portal.access_token, self._refresh_for(member_id))
         try:
             return self._post_marking(renewed, renewed.access_token, method, params)
         except RefreshAndRetry as exc:
@@ -142,6 +143,20 @@ class RestClient:
             )
             store.mark_access_problem(member_id, lost, access_token=renewed.access_token)
             raise lost from None
+
+    def _refresh_for(self, member_id):
+        """Return the portal's refresh step for the store: the OAuth refresh, logged."""
+
+        def refresh(refresh_token, server_endpoint):
+            try:
+                tokens = self.oauth.refresh(refresh_token, server_endpoint)
+            except BitrixError as exc:
+                eventlog.record_refresh(member_id, exc.code)
+                raise
+            eventlog.record_refresh(member_id)
+            return tokens
+
+        return refresh
 
     def _post_marking(self, portal, access_token, method, params):
         """Post with ``access_token``; record the access problem of a portal that shuts us out.

@@ -14,9 +14,12 @@
   const appOrigin = page.dataset.appOrigin;
   const logList = document.getElementById("message-log");
   const container = document.getElementById("frame-container");
+  const sliderContainer = document.getElementById("slider-container");
 
-  // The frame open now: its launch (APP_SID, init data) as the sandbox issued it.
-  let current = null;
+  // The frames open now (the page's and the slider's), by APP_SID: their launches (init data)
+  // as the sandbox issued them.
+  const openLaunches = new Map();
+  const frameSlots = { main: null, slider: null };
 
   function log(text, command) {
     const item = document.createElement("li");
@@ -43,14 +46,23 @@
     });
   }
 
-  // Open the app the way a portal does: a named iframe, then a form POST into it.
-  function openFrame(launch) {
-    current = launch;
+  // Open the app the way a portal does: a named iframe, then a form POST into it. The slider
+  // is the side panel that openApplication opens over the page.
+  function openFrame(launch, slot = "main") {
+    if (frameSlots[slot]) {
+      openLaunches.delete(frameSlots[slot].app_sid);
+    }
+    frameSlots[slot] = launch;
+    openLaunches.set(launch.app_sid, launch);
     const frame = document.createElement("iframe");
-    frame.id = "app-frame";
+    frame.id = slot === "slider" ? "slider-frame" : "app-frame";
     frame.name = launch.iframe_name;
     frame.setAttribute("allow", "geolocation *; microphone *; camera *");
-    container.replaceChildren(frame);
+    (slot === "slider" ? sliderContainer : container).replaceChildren(frame);
+    if (slot === "slider") {
+      sliderContainer.hidden = false;
+      document.getElementById("slider").hidden = false;
+    }
 
     const form = document.createElement("form");
     form.method = "POST";
@@ -67,16 +79,48 @@
     document.body.appendChild(form);
     form.submit();
     form.remove();
-    page.dataset.frame = launch.install ? "install" : "app";
-    log("opened " + (launch.install ? "the install path" : "the handler path"));
+    if (slot === "main") {
+      page.dataset.frame = launch.install ? "install" : "app";
+    }
+    log(
+      "opened " + (launch.install ? "the install path" : "the handler path") +
+      (slot === "slider" ? " in the slider" : "")
+    );
   }
 
   function launch(install) {
     return post("frame", { user: userId, install: install })
-      .then(openFrame)
+      .then(function (opened) {
+        openFrame(opened);
+      })
       .catch(function (error) {
         log("could not open the app: " + error.message);
       });
+  }
+
+  // openApplication: the app again, in the slider, with the caller's parameters as its
+  // PLACEMENT_OPTIONS (the bx24_ keys are the slider's own settings).
+  function openSlider(params) {
+    const options = {};
+    Object.entries(params || {}).forEach(function ([key, value]) {
+      if (!key.startsWith("bx24_")) {
+        options[key] = value;
+      }
+    });
+    return post("frame", { user: userId, install: false, placement_options: options })
+      .then(function (opened) {
+        openFrame(opened, "slider");
+      });
+  }
+
+  function closeSlider() {
+    if (frameSlots.slider) {
+      openLaunches.delete(frameSlots.slider.app_sid);
+      frameSlots.slider = null;
+    }
+    sliderContainer.replaceChildren();
+    document.getElementById("slider").hidden = true;
+    log("closed the slider");
   }
 
   function reply(event, callbackId, payload) {
@@ -123,15 +167,15 @@
   }
 
   function onMessage(event) {
-    // A portal only listens to the registered app's origin and to the frame it opened last.
-    if (!current || event.origin !== appOrigin) {
+    // A portal only listens to the registered app's origin and to the frames it has open.
+    if (event.origin !== appOrigin) {
       return;
     }
     const message = parse(event.data);
-    if (!message || message.appSid !== current.app_sid) {
+    const launched = message && openLaunches.get(message.appSid);
+    if (!launched) {
       return;
     }
-    const launched = current;
     log(message.command, message.command);
 
     switch (message.command) {
@@ -176,6 +220,21 @@
         }
         reply(event, message.callbackId, {});
         break;
+      case "openApplication":
+        openSlider(message.params)
+          .then(function () {
+            reply(event, message.callbackId, {});
+          })
+          .catch(function (error) {
+            log("openApplication failed: " + error.message);
+          });
+        break;
+      case "closeApplication":
+        if (frameSlots.slider && launched === frameSlots.slider) {
+          closeSlider();
+        }
+        reply(event, message.callbackId, {});
+        break;
       default:
         // setInstall and the rest: acknowledged, nothing more to do here.
         reply(event, message.callbackId, {});
@@ -210,6 +269,17 @@
         log("Condition not set: " + error.message);
       });
   });
+
+  // The portal's own entry for the app's admin page, as a menu item bound to it would be.
+  const adminButton = document.getElementById("open-admin-button");
+  if (adminButton) {
+    adminButton.addEventListener("click", function () {
+      openSlider({ view: "admin" }).catch(function (error) {
+        log("could not open the admin page: " + error.message);
+      });
+    });
+  }
+  document.getElementById("close-slider").addEventListener("click", closeSlider);
 
   if (appState === "installed") {
     launch(null);
