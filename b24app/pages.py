@@ -18,6 +18,7 @@ from b24app.bitrix.frame import (
     verify_frame_request,
 )
 from b24app.eventlog import Kind, Outcome
+from b24app.events import receive_event
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,13 @@ def index():
 
 @bp.route("/install", methods=["GET", "POST"])
 def install():
-    """Handle the install handshake (the initial installation path) and show the install page."""
+    """Handle the install handshake (the initial installation path) and show the install page.
+
+    An app that uses the API only has no install page: its portal posts the ONAPPINSTALL event
+    here instead, with no browser involved.
+    """
+    if request.method == "POST" and "event" in request.form:
+        return receive_event(api_only=True)
     return _frame_page("install")
 
 
@@ -117,11 +124,14 @@ def _frame_page(mode):
         # The portal's own answer to user.admin: whether to offer the admin page.
         "isAdmin": admin,
     }
+    # A portal sends no events to an app it holds as not fully installed; admins can fix that.
+    install_unfinished = mode == "app" and admin and not info.installed
     response = current_app.make_response(
         render_template(
             f"{mode}.html",
             portal=portal,
             page_config=page_config,
+            install_unfinished=install_unfinished,
             jssdk_url=config["JSSDK_URL"],
         )
     )

@@ -2,10 +2,10 @@
 
 import hmac
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from b24app.bitrix.errors import AccessLost, CallRejected
 from b24app.db import reading, transaction
@@ -197,23 +197,60 @@ def application_token_matches(portal, presented):
     return hmac.compare_digest(portal.application_token.encode(), str(presented).encode())
 
 
-def record_install_event(member_id, application_token):
-    """Record a verified ONAPPINSTALL: the install is finished, ``application_token`` kept.
+def record_install_event(event, app_info, server_endpoint, replace_application_token=False):
+    """Record a verified ONAPPINSTALL; return whether it was taken.
 
-    :return: True when recorded (again), None for an unknown portal, and False when the portal
-        already holds another ``application_token``: that one changes only after an uninstall.
+    The portal is created when the event comes first (an API-only app has no install page), and
+    marked installed with the event's ``application_token``. The event's tokens replace the
+    stored ones only when they are newer (a repeated or late event never brings back a refresh
+    token used up meanwhile) or when the stored ones no longer work.
+
+    :param event: the :class:`~b24app.bitrix.events.PortalEvent`, its access token proven.
+    :param app_info: the OAuth server's :class:`~b24app.bitrix.oauth.AppInfo` for that token.
+    :param server_endpoint: the OAuth server's REST endpoint that vouched for the token.
+    :param replace_application_token: take the event's ``application_token`` even when another
+        one is stored; only for a portal whose earlier installation is known to be gone.
+    :return: False, changing nothing, when the portal holds another ``application_token``.
     """
+    auth = event.auth
+    expires_at = datetime.fromtimestamp(auth.expires, UTC)
     with transaction() as session:
-        portal = session.scalar(
-            select(Portal).where(Portal.member_id == member_id).with_for_update()
-        )
+        portal = _locked_portal(session, auth.member_id)
         if portal is None:
-            return None
-        if portal.application_token and not application_token_matches(portal, application_token):
+            portal = Portal(member_id=auth.member_id, ping_sequence=0)
+            session.add(portal)
+            log.info("New portal %s (%s) from ONAPPINSTALL", auth.member_id, app_info.domain)
+        elif (
+            portal.application_token
+            and not application_token_matches(portal, auth.application_token)
+            and not replace_application_token
+        ):
             return False
+        portal.domain = app_info.domain or auth.domain
+        portal.client_endpoint = app_info.client_endpoint or auth.client_endpoint
+        portal.server_endpoint = server_endpoint
+        portal.scope = app_info.scope or auth.scope
+        portal.status = app_info.status or auth.status
+        if auth.refresh_token and (
+            not portal.refresh_token
+            or portal.access_problem
+            or portal.expires_at is None
+            or expires_at > portal.expires_at
+        ):
+            portal.access_token = auth.access_token
+            portal.refresh_token = auth.refresh_token
+            portal.expires_at = expires_at
+            portal.user_id = app_info.user_id
+            _clear_access_problem(portal)
         _mark_installed(portal)
-        portal.application_token = application_token
+        portal.application_token = auth.application_token
     return True
+
+
+def forget_portal(member_id):
+    """Delete everything stored about the portal; return whether there was anything."""
+    with transaction() as session:
+        return session.execute(delete(Portal).where(Portal.member_id == member_id)).rowcount > 0
 
 
 def mark_uninstalled(member_id):

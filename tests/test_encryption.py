@@ -14,7 +14,7 @@ from b24app.api import issue_page_token
 from b24app.config import ConfigError
 from b24app.encryption import encrypt_stored_tokens
 from b24app.scheduler import PingScheduler
-from tests.test_store import make_frame, save
+from tests.test_store import make_frame, record_install, save
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
@@ -46,7 +46,9 @@ def store_portals(app, count):
             member_id = member(number)
             values = (f"access-{number}-x", f"refresh-{number}-x", f"application-{number}-x")
             save(make_frame(member_id=member_id, auth_id=values[0], refresh_id=values[1]))
-            assert store.record_install_event(member_id, values[2]) is True
+            assert record_install(
+                values[2], member_id, access_token=values[0], refresh_token=values[1]
+            )
             tokens[member_id] = values
     return tokens
 

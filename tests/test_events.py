@@ -82,10 +82,13 @@ def test_a_forged_uninstall_changes_nothing(live_server):
     portal = install_with_handlers(live_server)
     before = stored(live_server, portal.member_id)
 
-    for token in ("wrong-token", ""):
+    for token, status, error in (
+        ("wrong-token", 403, "The event's application_token does not match."),
+        ("", 401, "The event carries no auth[application_token]."),
+    ):
         response = post_event(live_server, uninstall_event(portal.member_id, token, clean="1"))
-        assert response.status_code == 403
-        assert response.json() == {"error": "The event's application_token does not match."}
+        assert response.status_code == status
+        assert response.json() == {"error": error}
 
     after = stored(live_server, portal.member_id)
     assert after.install_state == InstallState.INSTALLED

@@ -6,6 +6,7 @@ import pytest
 
 from b24app import create_app, store
 from b24app.bitrix.errors import AccessLost, RetryLater
+from b24app.bitrix.events import parse_event
 from b24app.bitrix.frame import FrameRequest
 from b24app.bitrix.oauth import AppInfo, TokenSet
 from b24app.models import AccessProblem, InstallState
@@ -48,6 +49,29 @@ def make_info(member_id="m" * 32, installed=True):
         status="L",
         scope="pull",
         user_id=7,
+    )
+
+
+def install_event(application_token, member_id="m" * 32, **auth):
+    """Return a parsed ONAPPINSTALL for the portal, with ``auth`` fields added or replaced."""
+    fields = {
+        "event": "ONAPPINSTALL",
+        "auth[member_id]": member_id,
+        "auth[application_token]": application_token,
+        "auth[access_token]": "event-access",
+        "auth[refresh_token]": "event-refresh",
+        "auth[expires_in]": "3600",
+    }
+    fields.update({f"auth[{key}]": value for key, value in auth.items()})
+    return parse_event(fields.items())
+
+
+def record_install(application_token, member_id="m" * 32, replace=False, **auth):
+    return store.record_install_event(
+        install_event(application_token, member_id, **auth),
+        make_info(member_id),
+        "https://oauth.bitrix.info/rest/",
+        replace_application_token=replace,
     )
 
 
@@ -218,7 +242,7 @@ def test_backoff_grows_with_failures_in_a_row_and_ends_with_a_success(store_app)
 
 def test_an_uninstalled_portal_loses_its_tokens_and_its_pings(store_app):
     save()
-    assert store.record_install_event("m" * 32, "apptoken") is True
+    assert record_install("apptoken") is True
     store.mark_uninstalled("m" * 32)
     portal = store.get_portal("m" * 32)
     assert portal.install_state == InstallState.UNINSTALLED
@@ -232,15 +256,54 @@ def test_an_uninstalled_portal_loses_its_tokens_and_its_pings(store_app):
 
 def test_an_install_event_keeps_the_first_application_token(store_app):
     save(info=make_info(installed=False))
-    assert store.record_install_event("m" * 32, "first") is True
-    assert store.record_install_event("m" * 32, "first") is True
-    assert store.record_install_event("m" * 32, "second") is False
-    assert store.record_install_event("unknown", "first") is None
+    assert record_install("first") is True
+    assert record_install("first") is True
+    assert record_install("second") is False
     portal = store.get_portal("m" * 32)
     assert (portal.install_state, portal.application_token) == (InstallState.INSTALLED, "first")
     assert store.application_token_matches(portal, "first")
     assert not store.application_token_matches(portal, "second")
     assert not store.application_token_matches(None, "first")
+
+    assert record_install("second", replace=True) is True
+    assert store.get_portal("m" * 32).application_token == "second"
+
+
+def test_an_install_event_before_any_handshake_creates_the_installed_portal(store_app):
+    assert record_install("apptoken", member_id="n" * 32) is True
+
+    portal = store.get_portal("n" * 32)
+    assert portal.install_state == InstallState.INSTALLED
+    assert (portal.access_token, portal.refresh_token) == ("event-access", "event-refresh")
+    assert (portal.domain, portal.client_endpoint, portal.user_id) == (
+        "portal.bitrix24.com",
+        "https://portal.bitrix24.com/rest/",
+        7,
+    )
+    assert store.pingable_portals() == [("n" * 32, None)]
+
+
+def test_an_install_event_takes_only_tokens_newer_than_the_stored_ones(store_app):
+    now = int(datetime.now(UTC).timestamp())
+    save()  # Tokens valid for an hour from now.
+    record_install("t", access_token="older", refresh_token="older-r", expires=str(now + 60))
+    assert store.get_portal("m" * 32).access_token == "access1"
+
+    record_install("t", access_token="newer", refresh_token="newer-r", expires=str(now + 7200))
+    portal = store.get_portal("m" * 32)
+    assert (portal.access_token, portal.refresh_token) == ("newer", "newer-r")
+    assert portal.expires_at == datetime.fromtimestamp(now + 7200, UTC)
+
+    # A repeated event brings back nothing used up since: the stored tokens are as new.
+    record_install("t", access_token="newer", refresh_token="newer-r", expires=str(now + 7200))
+    assert store.get_portal("m" * 32).refresh_token == "newer-r"
+
+
+def test_forgetting_a_portal_deletes_its_row(store_app):
+    save()
+    assert store.forget_portal("m" * 32) is True
+    assert store.get_portal("m" * 32) is None
+    assert store.forget_portal("m" * 32) is False
 
 
 def test_ping_sequence_numbers_are_taken_in_order(store_app):

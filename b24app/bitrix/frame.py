@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from b24app.bitrix.errors import BitrixError, RetryLater
 
 MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_DOMAIN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
-_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,512}$")
+DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{1,512}$")
 _PLACEMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -75,12 +75,12 @@ def parse_frame_request(query, form):
             raise HandshakeError(400, f"The frame request lacks {name}.")
         values[name] = value
 
-    if not _DOMAIN.match(values["DOMAIN"]):
+    if not DOMAIN_PATTERN.match(values["DOMAIN"]):
         raise HandshakeError(400, "DOMAIN is not a host name.")
     if not MEMBER_ID_PATTERN.match(values["member_id"]):
         raise HandshakeError(400, "member_id is malformed.")
     for name in ("AUTH_ID", "REFRESH_ID"):
-        if not _TOKEN.match(values[name]):
+        if not TOKEN_PATTERN.match(values[name]):
             raise HandshakeError(400, f"{name} is malformed.")
 
     try:
@@ -99,7 +99,7 @@ def parse_frame_request(query, form):
         raise HandshakeError(400, "PLACEMENT is malformed.")
 
     application_token = (form.get("APPLICATION_TOKEN") or "").strip()
-    if application_token and not _TOKEN.match(application_token):
+    if application_token and not TOKEN_PATTERN.match(application_token):
         raise HandshakeError(400, "APPLICATION_TOKEN is malformed.")
 
     return FrameRequest(

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 USER_AGENT = "b24app/0.1 (+requests)"
 # The longest wait between two attempts of one call, whatever a server asks for.
 LONGEST_RETRY_WAIT = 30.0
+# How a portal words its refusal to bind an event handler a second time (code ERROR_CORE).
+ALREADY_BOUND = "handler already binded"
 
 
 class RestClient:
@@ -118,6 +120,19 @@ class RestClient:
         """
         answer = self.call_with_token(client_endpoint, access_token, "user.admin")
         return answer["result"] is True
+
+    def bind_event(self, member_id, event, handler):
+        """Bind ``handler`` to the portal's ``event``; return False if it was bound already.
+
+        :raise BitrixError: when the portal refuses the binding for another reason.
+        """
+        try:
+            self.call(member_id, "event.bind", {"event": event, "handler": handler})
+        except CallRejected as exc:
+            if exc.code == "ERROR_CORE" and ALREADY_BOUND in exc.description.lower():
+                return False
+            raise
+        return True
 
     def _call_renewing(self, portal, method, params):
         """Make one attempt of a call, renewing the tokens once if the portal asks for it."""

@@ -1,5 +1,7 @@
 """Retention: rows older than ``EVENT_LOG_RETENTION_DAYS`` are deleted by an hourly job.
 
+A portal's rows also go when its admin uninstalls the app asking for its data to be deleted.
+
 The job's ticks are claimed like the ping job's, so with several schedulers running only one of
 them prunes each hour. Rows go in batches, each its own short transaction, so that pruning a
 large backlog never holds a long lock over the writers.
@@ -11,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 
 from b24app.db import transaction
-from b24app.eventlog.recorder import Kind, Outcome, record
+from b24app.eventlog.recorder import Kind, Outcome, flush, record
 from b24app.models import EventLogEntry, utcnow
 
 log = logging.getLogger(__name__)
@@ -23,10 +25,20 @@ PRUNE_BATCH = 10_000
 
 def prune(older_than, batch=PRUNE_BATCH):
     """Delete every row that occurred before ``older_than``; return how many were deleted."""
+    return _delete_where(EventLogEntry.occurred_at < older_than, batch)
+
+
+def forget_portal(member_id, batch=PRUNE_BATCH):
+    """Delete every row about the portal, queued ones included; return how many were deleted."""
+    flush()
+    return _delete_where(EventLogEntry.member_id == member_id, batch)
+
+
+def _delete_where(condition, batch):
     deleted = 0
     while True:
         with transaction() as session:
-            ids = select(EventLogEntry.id).where(EventLogEntry.occurred_at < older_than)
+            ids = select(EventLogEntry.id).where(condition)
             count = session.execute(
                 delete(EventLogEntry).where(
                     EventLogEntry.id.in_(ids.order_by(EventLogEntry.id).limit(batch))

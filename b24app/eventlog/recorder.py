@@ -49,10 +49,12 @@ class Outcome:
     FAILED = "failed"
     # The app turned down what someone else sent (a handshake, an event, a page visit).
     REFUSED = "refused"
+    # Taken in, not yet acted on (an event from a portal, before it is checked).
+    RECEIVED = "received"
 
 
 KINDS = tuple(value for name, value in vars(Kind).items() if name.isupper())
-OUTCOMES = (Outcome.OK, Outcome.FAILED, Outcome.REFUSED)
+OUTCOMES = (Outcome.OK, Outcome.FAILED, Outcome.REFUSED, Outcome.RECEIVED)
 
 # Keys that may hold a token or secret; details come from our own code, but a payload copied
 # into them must not carry one into the log.
