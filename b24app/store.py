@@ -56,6 +56,23 @@ def save_handshake(frame, app_info, server_endpoint, install_finished, replace_t
             _clear_access_problem(portal)
         portal.scope = app_info.scope or frame.application_scope
         portal.status = app_info.status or frame.status
+        if (
+            replace_tokens
+            and frame.application_token
+            and portal.application_token
+            and not application_token_matches(portal, frame.application_token)
+        ):
+            # The portal installed the app anew and the old installation's ONAPPUNINSTALL never
+            # reached us: its application_token proves nothing now. The new one is taken from
+            # the new installation's ONAPPINSTALL, which proves itself.
+            log.warning(
+                "Portal %s: the frame names another application_token; the app was installed "
+                "again without an uninstall event",
+                frame.member_id,
+            )
+            portal.application_token = None
+            if portal.install_state == InstallState.INSTALLED:
+                portal.install_state = InstallState.PENDING
         if install_finished:
             _mark_installed(portal)
         elif portal.install_state == InstallState.UNINSTALLED:

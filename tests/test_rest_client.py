@@ -122,3 +122,19 @@ def test_an_answer_that_is_not_json_is_a_clear_error(live_server):
 
     assert error.value.code == "BAD_RESPONSE"
     assert error.value.description == "The portal gave an answer that is not JSON (HTTP 405)."
+
+
+def test_binding_an_event_twice_counts_as_bound_already(live_server):
+    portal = install_portal(live_server)
+    handler = live_server.public_url + "/events"
+
+    with live_server.app.app_context():
+        first = rest_client().bind_event(portal.member_id, "ONAPPUNINSTALL", handler)
+        second = rest_client().bind_event(portal.member_id, "ONAPPUNINSTALL", handler)
+        with pytest.raises(CallRejected) as refused:
+            rest_client().bind_event(portal.member_id, "ONNOSUCHEVENT", handler)
+
+    assert (first, second) == (True, False)
+    assert refused.value.code == "ERROR_EVENT_NOT_FOUND"
+    bound = live_server.sandbox.bound_events(portal.member_id)
+    assert [(h.event, h.handler) for h in bound] == [("ONAPPUNINSTALL", handler)]

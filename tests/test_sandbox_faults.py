@@ -442,9 +442,9 @@ def test_a_delay_comes_before_any_kind_of_answer(server, portal):
     [
         (
             {"target": "portal", "kind": "invalid_grant"},
-            "target must be one of oauth, rest; got 'portal'.",
+            "target must be one of oauth, rest, events; got 'portal'.",
         ),
-        ({"kind": "invalid_grant"}, "target must be one of oauth, rest; got None."),
+        ({"kind": "invalid_grant"}, "target must be one of oauth, rest, events; got None."),
         (
             {"target": "rest", "kind": "invalid_grant"},
             "kind 'invalid_grant' is not a fault of rest; it may be one of "
@@ -482,6 +482,15 @@ def test_a_delay_comes_before_any_kind_of_answer(server, portal):
         (
             {"target": "rest", "kind": "slow"},
             "A slow fault needs a delay of more than 0 seconds.",
+        ),
+        (
+            {"target": "events", "kind": "late"},
+            "A late fault needs a delay of more than 0 seconds.",
+        ),
+        (
+            {"target": "events", "kind": "invalid_grant"},
+            "kind 'invalid_grant' is not a fault of events; it may be one of "
+            "duplicate, late, wrong_token, lost.",
         ),
         (
             {"target": "rest", "kind": "slow", "delay": -1},

@@ -1,5 +1,6 @@
 """The portal store on every supported database: a SQLite file, and PostgreSQL when reachable."""
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -297,6 +298,26 @@ def test_an_install_event_takes_only_tokens_newer_than_the_stored_ones(store_app
     # A repeated event brings back nothing used up since: the stored tokens are as new.
     record_install("t", access_token="newer", refresh_token="newer-r", expires=str(now + 7200))
     assert store.get_portal("m" * 32).refresh_token == "newer-r"
+
+
+def test_an_admins_frame_naming_another_application_token_ends_the_old_installation(store_app):
+    save()
+    assert record_install("old") is True
+    reinstalling = dataclasses.replace(make_frame(auth_id="access2"), application_token="new")
+
+    save(reinstalling, info=make_info(installed=False), replace_tokens=False)
+    assert store.get_portal("m" * 32).application_token == "old"
+    save(
+        dataclasses.replace(reinstalling, application_token="old"), info=make_info(installed=False)
+    )
+    assert store.get_portal("m" * 32).install_state == InstallState.INSTALLED
+    save(reinstalling, info=make_info(installed=False))
+
+    portal = store.get_portal("m" * 32)
+    assert (portal.install_state, portal.application_token) == (InstallState.PENDING, None)
+    assert record_install("new") is True
+    portal = store.get_portal("m" * 32)
+    assert (portal.install_state, portal.application_token) == (InstallState.INSTALLED, "new")
 
 
 def test_forgetting_a_portal_deletes_its_row(store_app):

@@ -7,6 +7,7 @@ retries; the sandbox does the same from a background thread.
 import ipaddress
 import logging
 import threading
+import time
 from urllib.parse import urlsplit
 
 import requests
@@ -27,17 +28,25 @@ def is_loopback(url):
         return False
 
 
-def post_in_background(delivery, record):
-    """POST the delivery's payload to its handler in a new thread, then ``record(delivery)``.
+def post_in_background(deliveries, record, delay=None):
+    """POST each delivery's payload to its handler in turn, from a new thread.
 
-    :param delivery: an ``EventDelivery``; its ``status`` or ``error`` is filled in.
-    :param record: called with the delivery once it is done, whatever the outcome.
+    :param deliveries: ``EventDelivery`` records; each one's ``status`` or ``error`` is filled
+        in, and ``record(delivery)`` is called once it is done, whatever the outcome.
+    :param delay: seconds to wait before the first POST, as a portal under load does.
     """
     thread = threading.Thread(
-        target=_post, args=(delivery, record), name="sandbox-event", daemon=True
+        target=_post_all, args=(deliveries, record, delay), name="sandbox-event", daemon=True
     )
     thread.start()
     return thread
+
+
+def _post_all(deliveries, record, delay):
+    if delay:
+        time.sleep(delay)
+    for delivery in deliveries:
+        _post(delivery, record)
 
 
 def _post(delivery, record):

@@ -18,6 +18,17 @@ Kinds that are no protocol error, for both targets:
 
 And for ``rest`` only ``redirect``: 302 with ``Location``, as the old address of a renamed
 portal answers. Every kind waits ``delay`` seconds first when one is given.
+
+The target ``events`` is the portal's own delivery of REST events to the handlers the app bound
+(``method``: one event name, such as ``ONAPPUNINSTALL``, or None for every event). A portal
+posts each event once, without retries, but late under load and, now and then, twice; and
+anyone can post to a handler URL. Its kinds are:
+
+- ``duplicate``: the event is posted twice, the second copy once the first is answered;
+- ``late``: the event is posted ``delay`` seconds late;
+- ``wrong_token``: the event carries an ``application_token`` that is not the portal's, as a
+  forged one would;
+- ``lost``: the event is never posted.
 """
 
 import logging
@@ -30,7 +41,7 @@ from flask import jsonify, make_response, request
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("oauth", "rest")
+TARGETS = ("oauth", "rest", "events")
 
 # The OAuth server's refusals of a refresh (/oauth/token/).
 OAUTH_ERRORS = {
@@ -67,10 +78,14 @@ REST_ERRORS = {
 }
 
 TRANSPORT_KINDS = ("html_error", "empty_error", "slow", "drop_connection")
+EVENT_KINDS = ("duplicate", "late", "wrong_token", "lost")
 KINDS = {
     "oauth": (*OAUTH_ERRORS, *TRANSPORT_KINDS),
     "rest": (*REST_ERRORS, *TRANSPORT_KINDS, "redirect"),
+    "events": EVENT_KINDS,
 }
+# The kinds that mean nothing without a delay.
+DELAYED_KINDS = ("slow", "late")
 # What the OAuth server serves besides the token endpoint, which is the target's default.
 OAUTH_METHODS = ("app.info",)
 # A delay longer than any client's timeout only ties up a server thread.
@@ -87,8 +102,8 @@ class Fault:
     """A failure arranged for one portal's next requests to one target.
 
     ``times`` is how many more requests it answers (None: until cleared); ``method`` limits it
-    to one REST method (a ``batch`` is matched as ``batch``) or, for ``oauth``, to the OAuth
-    server's ``app.info`` instead of its token endpoint.
+    to one REST method (a ``batch`` is matched as ``batch``), for ``oauth`` to the OAuth
+    server's ``app.info`` instead of its token endpoint, and for ``events`` to one event.
     """
 
     id: int
@@ -112,8 +127,13 @@ class Fault:
         return self.method is None or self.method == method
 
 
-def method_name(name):
-    """Return a REST method name as the portal reads it: lower case, without ``.json``."""
+def method_name(name, target="rest"):
+    """Return a REST method name as the portal reads it: lower case, without ``.json``.
+
+    For the target ``events`` the name is an event's, which a portal writes in upper case.
+    """
+    if target == "events":
+        return name.upper()
     return name.lower().removesuffix(".json")
 
 

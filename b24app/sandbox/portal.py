@@ -167,6 +167,19 @@ def install_finish(member_id):
     return jsonify(installed=True)
 
 
+@bp.post("/portal/<member_id>/install-api-only")
+def install_api_only(member_id):
+    """Install the app as an API-only one: ONAPPINSTALL goes to its install URL, no frame."""
+    state = _state()
+    try:
+        user = state.get_user(member_id, request.form.get("user"))
+        state.install_api_only(member_id, user.id)
+    except SandboxError as error:
+        abort(403, str(error))
+    log.info("Portal %s: app installed as API-only by user %s", member_id, user.id)
+    return redirect(url_for(".show_portal", member_id=member_id, user=user.id))
+
+
 @bp.post("/portal/<member_id>/uninstall")
 def uninstall(member_id):
     """Uninstall the app as the portal's admin, optionally deleting its data."""

@@ -26,7 +26,15 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
 from b24app.sandbox import events
-from b24app.sandbox.faults import KINDS, MAX_DELAY, OAUTH_METHODS, TARGETS, Fault, method_name
+from b24app.sandbox.faults import (
+    DELAYED_KINDS,
+    KINDS,
+    MAX_DELAY,
+    OAUTH_METHODS,
+    TARGETS,
+    Fault,
+    method_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +240,8 @@ class EventDelivery:
     payload: dict
     status: int | None = None
     error: str | None = None
+    # The kind of the ``events`` fault the delivery was made with, if any.
+    fault: str | None = None
 
     @property
     def url(self):
@@ -475,13 +485,17 @@ class SandboxState:
         another. The kinds and their answers are listed in :mod:`b24app.sandbox.faults`.
 
         :param target: ``"oauth"``, the OAuth server's token endpoint (or its ``app.info``
-            with ``method="app.info"``), or ``"rest"``, the portal's REST API.
+            with ``method="app.info"``), ``"rest"``, the portal's REST API, or ``"events"``,
+            the portal's delivery of events to the app's handlers.
         :param kind: an error code of the target (``invalid_grant``, ``QUERY_LIMIT_EXCEEDED``,
-            …), ``html_error``, ``empty_error``, ``slow``, ``drop_connection``, or for
-            ``rest`` also ``redirect``.
-        :param times: how many requests it answers; None until :meth:`clear_faults`.
-        :param method: for ``rest``, only calls of this method (None: every call).
-        :param delay: seconds to wait before answering; required for ``slow``.
+            …), ``html_error``, ``empty_error``, ``slow``, ``drop_connection``, for ``rest``
+            also ``redirect``; for ``events`` one of ``duplicate``, ``late``, ``wrong_token``
+            and ``lost``.
+        :param times: how many requests (or events) it answers; None until
+            :meth:`clear_faults`.
+        :param method: for ``rest``, only calls of this method (None: every call); for
+            ``events``, only this event.
+        :param delay: seconds to wait before answering; required for ``slow`` and ``late``.
         :return: a copy of the :class:`~b24app.sandbox.faults.Fault`.
         :raise SandboxError: for an unknown portal, or a target, kind or value that is not one.
         """
@@ -496,9 +510,9 @@ class SandboxState:
         if times is not None and (type(times) is not int or times < 1):
             raise SandboxError(f"times must be a positive integer or null; got {times!r}.")
         if method is not None:
-            if not isinstance(method, str) or not method_name(method.strip()):
+            if not isinstance(method, str) or not method_name(method.strip(), target):
                 raise SandboxError(f"method must be a method name or null; got {method!r}.")
-            method = method_name(method.strip())
+            method = method_name(method.strip(), target)
             if target == "oauth" and method not in OAUTH_METHODS:
                 raise SandboxError(
                     "method of an oauth fault must be null (the token endpoint) or "
@@ -510,8 +524,8 @@ class SandboxState:
                     f"delay must be a number of seconds from 0 to {MAX_DELAY}; got {delay!r}."
                 )
             delay = float(delay)
-        if kind == "slow" and not delay:
-            raise SandboxError("A slow fault needs a delay of more than 0 seconds.")
+        if kind in DELAYED_KINDS and not delay:
+            raise SandboxError(f"A {kind} fault needs a delay of more than 0 seconds.")
 
         with self._lock:
             fault = Fault(self._next_fault_id, member_id, target, kind, times, method, delay)
@@ -763,6 +777,20 @@ class SandboxState:
             self._deliver(member_id, handler, payload)
         return portal
 
+    def install_api_only(self, member_id, user_id=1):
+        """Install the app as one that uses the API only, and send ONAPPINSTALL.
+
+        Saving such an app's form binds its initial installation path to ONAPPINSTALL and
+        installs it at once: no frame is opened and no ``installFinish`` is needed.
+
+        :raise SandboxError: for an unknown portal or user, or a user who is not an admin.
+        """
+        if not self.get_user(member_id, user_id).admin:
+            raise SandboxError("Only an administrator can install the application.")
+        with suppress(ProtocolError):  # Bound already by an earlier installation.
+            self.bind_event(member_id, "ONAPPINSTALL", self.install_url, 0, user_id)
+        return self.finish_install(member_id, user_id)
+
     def uninstall(self, member_id, clean=False):
         """Remove the app: revoke its tokens, drop its handlers and send ONAPPUNINSTALL.
 
@@ -843,14 +871,28 @@ class SandboxState:
             return list(portal.handlers)
 
     def _deliver(self, member_id, handler, payload):
+        """Post ``payload`` to ``handler`` in the background, as the portal's faults say."""
+        fault = self.take_fault(member_id, "events", payload["event"])
+        kind = fault.kind if fault else None
+        if kind == "wrong_token":
+            auth = {**payload["auth"], "application_token": secrets.token_hex(16)}
+            payload = {**payload, "auth": auth}
         delivery = EventDelivery(
             member_id=member_id,
             event=payload["event"],
             handler=handler.handler,
             event_handler_id=handler.id,
             payload=payload,
+            fault=kind,
         )
-        events.post_in_background(delivery, self._record_delivery)
+        if kind:
+            log.info("Portal %s: event %s delivered as %s", member_id, delivery.event, kind)
+        if kind == "lost":
+            delivery.error = "not delivered: lost, as the portal's fault said"
+            self._record_delivery(delivery)
+            return
+        copies = [delivery, replace(delivery)] if kind == "duplicate" else [delivery]
+        events.post_in_background(copies, self._record_delivery, delay=fault and fault.delay)
 
     def _record_delivery(self, delivery):
         with self._delivered:
