@@ -307,7 +307,8 @@ def test_expired_tokens_are_renewed_in_the_frame_and_in_the_backend(page, live_s
     assert server.sandbox.refresh_counts.get(portal.member_id, 0) >= 1
 
 
-def test_pings_stop_after_an_uninstall_and_resume_after_a_reinstall(page, scheduled_server):
+@pytest.mark.parametrize("clean", [False, True], ids=["keep-data", "delete-data"])
+def test_pings_stop_after_an_uninstall_and_resume_after_a_reinstall(page, scheduled_server, clean):
     server = scheduled_server
     portal = install_app(page, server)
     wait_until(
@@ -316,22 +317,31 @@ def test_pings_stop_after_an_uninstall_and_resume_after_a_reinstall(page, schedu
         message="the first scheduler pings",
     )
 
+    if clean:
+        page.check("#uninstall-clean")
     page.click("#uninstall-button")
     page.locator("#install-button").wait_for(timeout=PAGE_TIMEOUT_MS)
+    # Deleting the app's data deletes the portal's row; otherwise it is kept, uninstalled.
     wait_until(
-        lambda: stored(server, portal.member_id).install_state == "uninstalled",
+        lambda: (
+            stored(server, portal.member_id) is None
+            if clean
+            else stored(server, portal.member_id).install_state == "uninstalled"
+        ),
         message="the app to record the uninstall",
     )
     last_before = max(scheduler_pings_pushed(server, portal.member_id))
+    pushed_before = len(scheduler_pings_pushed(server, portal.member_id))
     # Three intervals with no ping to an uninstalled portal (one may have been under way).
     page.wait_for_timeout(1500)
-    assert max(scheduler_pings_pushed(server, portal.member_id)) <= last_before + 1
+    assert len(scheduler_pings_pushed(server, portal.member_id)) <= pushed_before + 1
 
     page.click("#install-button")
     frame = wait_for_app_state(page, "ready", timeout=INSTALL_TIMEOUT_MS)
+    # A portal installed from scratch counts its pings from 1 again.
     frame.wait_for_function(
         "n => window.appPings.some(m => m.params.source === 'scheduler' && m.params.sequence > n)",
-        arg=last_before + 1,
+        arg=0 if clean else last_before + 1,
         timeout=PAGE_TIMEOUT_MS,
     )
     row = stored(server, portal.member_id)
