@@ -120,6 +120,7 @@ def _on_app_uninstall(event, portal):
         return _refuse(
             event, "the app still works there", 409, "The portal still has the app installed."
         )
+    _record(event, Outcome.OK, "verified")
     if event.clean:
         store.forget_portal(member_id)
         deleted = eventlog.pruning.forget_portal(member_id)

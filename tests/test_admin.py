@@ -509,6 +509,7 @@ def test_the_portals_lifecycle_is_logged(live_server):
     assert logged == [
         ("handshake", "ok"),
         ("install_start", "ok"),
+        ("event", "received"),
         ("event", "ok"),
         ("install_finish", "ok"),
         ("handshake", "ok"),
@@ -518,6 +519,7 @@ def test_the_portals_lifecycle_is_logged(live_server):
         ("handshake", "refused"),
         # The uninstall is checked with the portal: its refusal of the tokens sends the app to
         # the OAuth server, which says the app is no longer installed.
+        ("event", "received"),
         ("token_refresh", "failed"),
         ("event", "ok"),
         ("uninstall", "ok"),
