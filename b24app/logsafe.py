@@ -29,6 +29,8 @@ SECRET_NAMES = frozenset(
         "refresh_id",
         "application_token",
         "channel_id",
+        # The app's own signed tokens: the operator link's and the page tokens.
+        "token",
     )
 )
 

@@ -4,6 +4,7 @@ import io
 import logging
 import secrets
 import socket
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -11,6 +12,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import update
 
 from b24app import create_app, logsafe
+from b24app.admin import operator_link
 from b24app.bitrix import oauth_client, rest_client
 from b24app.bitrix.errors import AccessLost, RefreshAndRetry
 from b24app.db import transaction
@@ -41,6 +43,14 @@ CIPHERTEXT = Fernet(Fernet.generate_key()).encrypt(b"access-token").decode()
         ),
         ("APPLICATION_TOKEN=t1&PLACEMENT=DEFAULT", "APPLICATION_TOKEN=[hidden]&PLACEMENT=DEFAULT"),
         ("application_token=t1", "application_token=[hidden]"),
+        (
+            '"GET /admin/operator?token=eyJ.abc HTTP/1.1" 200 -',
+            '"GET /admin/operator?token=[hidden] HTTP/1.1" 200 -',
+        ),
+        (
+            '{"token": "eyJ.abc", "kind": "ping_send"}',
+            '{"token": "[hidden]", "kind": "ping_send"}',
+        ),
         ("CHANNEL_ID=c1&CHANNEL_DT=1", "CHANNEL_ID=[hidden]&CHANNEL_DT=1"),
         (
             "event=ONAPPINSTALL&auth[access_token]=abc&auth[domain]=x.bitrix24.com"
@@ -246,15 +256,22 @@ def test_no_token_or_secret_reaches_a_log_line_in_real_flows(
     except requests.ConnectionError:
         logging.getLogger("b24app.tests").exception("The OAuth server could not be reached")
 
+    # The operator opens the admin page through the link, whose token reads every portal's log.
+    with app.app_context():
+        link = operator_link(1)
+    secret_values |= {parse_qs(urlsplit(link).query)["token"][0]}
+    assert requests.get(link.replace(app.config["PUBLIC_URL"], server.public_url), timeout=10).ok
+
     output = stream.getvalue()
     secret_values.discard(None)
-    assert len(secret_values) >= 14
+    assert len(secret_values) >= 15
     leaked = sorted(value for value in secret_values if value in output)
     assert leaked == []
     # The lines that carried them were written, masked: by the sandbox's request log, urllib3
     # and the app, through the app's formatter.
     for line in (
         "POST /install",
+        "GET /admin/operator?token=[hidden]",
         "/oauth-server/oauth/token/?grant_type=refresh_token",
         "client_secret=[hidden]&refresh_token=[hidden]",
         "/oauth-server/rest/app.info?auth=[hidden]",
