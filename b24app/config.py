@@ -169,6 +169,8 @@ def load_config(instance_path):
         "PUBLIC_URL": public_url,
         "JSSDK_URL": _env("B24_JSSDK_URL", "/vendor/b24jssdk/index.min.js"),
         "REST_TIMEOUT": _env_float("REST_TIMEOUT", 10.0),
+        # Longer than REST's: a refresh the app gives up on may still use the token up.
+        "OAUTH_TIMEOUT": _env_float("OAUTH_TIMEOUT", 30.0),
         "REST_ATTEMPTS": _env_float("REST_ATTEMPTS", 3),
         "BACKOFF_MAX": _env_float("BACKOFF_MAX", 300.0),
         "PAGE_TOKEN_MAX_AGE": _env_float("PAGE_TOKEN_MAX_AGE", 3600.0),
@@ -201,7 +203,12 @@ def load_config(instance_path):
     for name in ("SANDBOX_RATE_LIMIT", "SANDBOX_RATE_DRAIN"):
         if config[name] < 0:
             raise ConfigError(f"{name} must be 0 (no rate limit) or more.")
-    for name in ("ADMIN_TOKEN_MAX_AGE", "EVENT_LOG_RETENTION_DAYS"):
+    for name in (
+        "ADMIN_TOKEN_MAX_AGE",
+        "EVENT_LOG_RETENTION_DAYS",
+        "REST_TIMEOUT",
+        "OAUTH_TIMEOUT",
+    ):
         if config[name] <= 0:
             raise ConfigError(f"{name} must be a positive number.")
     if config["LOG_LEVEL"] not in LOG_LEVELS:

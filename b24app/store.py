@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select, update
 
-from b24app.bitrix.errors import AccessLost, CallRejected
+from b24app.bitrix.errors import AccessLost, CallRejected, RetryLater
 from b24app.db import reading, transaction
 from b24app.models import InstallState, Portal, utcnow
 
@@ -126,6 +126,15 @@ def renew_tokens(member_id, refused_access_token, refresh):
             exc.member_id = member_id
             _set_access_problem(portal, exc)
             lost = exc
+        except RetryLater as exc:
+            if exc.code == "TIMEOUT":
+                # Nothing tells a refresh never made from one whose answer was lost.
+                log.warning(
+                    "Portal %s: the OAuth server did not answer a refresh in time; if it made "
+                    "it, the stored refresh token is used up and the app must be opened again",
+                    member_id,
+                )
+            raise
         else:
             portal.access_token = tokens.access_token
             portal.refresh_token = tokens.refresh_token

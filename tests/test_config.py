@@ -65,6 +65,8 @@ def test_production_mode_never_mounts_the_sandbox(monkeypatch):
         ("SANDBOX_RATE_LIMIT", "2.5", "SANDBOX_RATE_LIMIT must be a whole number"),
         ("SANDBOX_RATE_LIMIT", "-1", r"SANDBOX_RATE_LIMIT must be 0 \(no rate limit\) or more"),
         ("SANDBOX_RATE_DRAIN", "-0.5", r"SANDBOX_RATE_DRAIN must be 0 \(no rate limit\) or more"),
+        ("REST_TIMEOUT", "0", "REST_TIMEOUT must be a positive number"),
+        ("OAUTH_TIMEOUT", "-1", "OAUTH_TIMEOUT must be a positive number"),
     ],
 )
 def test_invalid_settings_are_refused(monkeypatch, name, value, message):

@@ -256,6 +256,52 @@ def test_a_refresh_that_fails_for_other_reasons_keeps_the_portal(
     assert call(live_server, portal.member_id)["result"]["ID"] == "1"
 
 
+def test_a_slow_oauth_server_gets_longer_than_a_portal_so_its_refresh_is_not_lost(
+    live_server_factory,
+):
+    server = live_server_factory(env={"REST_TIMEOUT": "0.3", "OAUTH_TIMEOUT": "3"})
+    portal = install_portal(server)
+    server.sandbox.expire_access_tokens(portal.member_id)
+    before = tokens(server, portal.member_id)
+    server.sandbox.add_fault(portal.member_id, "oauth", "slow", delay=0.8)
+
+    assert call(server, portal.member_id)["result"]["ID"] == "1"
+
+    after = stored(server, portal.member_id)
+    assert after.access_problem is None
+    assert (after.access_token, after.refresh_token) != before
+    assert server.sandbox.refresh_counts[portal.member_id] == 1
+
+
+def test_a_refresh_given_up_on_is_reported_and_the_app_opened_again_recovers(
+    live_server_factory, caplog
+):
+    # The OAuth server carries out a refresh the client stopped waiting for, using its
+    # refresh token up; the client cannot know, and says so.
+    server = live_server_factory(env={"OAUTH_TIMEOUT": "0.3"})
+    portal = install_portal(server)
+    server.sandbox.expire_access_tokens(portal.member_id)
+    server.sandbox.add_fault(portal.member_id, "oauth", "slow", delay=0.8)
+
+    with pytest.raises(RetryLater) as error:
+        call(server, portal.member_id)
+
+    assert error.value.code == "TIMEOUT"
+    assert (
+        f"Portal {portal.member_id}: the OAuth server did not answer a refresh in time"
+        in caplog.text
+    )
+    assert wait_until(lambda: server.sandbox.refresh_counts.get(portal.member_id) == 1)
+    with server.app.app_context():
+        store.clear_backoff(portal.member_id)
+    with pytest.raises(AccessLost):
+        call(server, portal.member_id)
+    assert stored(server, portal.member_id).access_problem == "needs_reauth"
+
+    assert frame_post(server.sandbox.frame_launch(portal.member_id)).status_code == 200
+    assert call(server, portal.member_id)["result"]["ID"] == "1"
+
+
 def test_opening_the_app_again_restores_a_portal_that_needed_reauthorization(live_server):
     portal = install_portal(live_server)
     live_server.sandbox.expire_access_tokens(portal.member_id)

@@ -12,7 +12,7 @@ def init_app(app):
         app.config["OAUTH_SERVERS"],
         app.config["B24_CLIENT_ID"],
         app.config["B24_CLIENT_SECRET"],
-        timeout=app.config["REST_TIMEOUT"],
+        timeout=app.config["OAUTH_TIMEOUT"],
     )
     app.extensions["b24app.oauth"] = oauth
     app.extensions["b24app.rest"] = RestClient(
