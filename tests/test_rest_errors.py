@@ -302,6 +302,33 @@ def test_a_refresh_given_up_on_is_reported_and_the_app_opened_again_recovers(
     assert call(server, portal.member_id)["result"]["ID"] == "1"
 
 
+def test_a_refresh_rejected_for_our_credentials_backs_the_portal_off(live_server):
+    portal = install_portal(live_server)
+    sandbox = live_server.sandbox
+    sandbox.expire_access_tokens(portal.member_id)
+    sandbox.add_fault(portal.member_id, "oauth", "invalid_client", times=None)
+
+    with pytest.raises(CallRejected, match="invalid_client"):
+        call(live_server, portal.member_id)
+    with pytest.raises(RetryLater) as error:
+        call(live_server, portal.member_id)
+
+    assert error.value.code == "BACKING_OFF"
+    assert sandbox.refresh_requests[portal.member_id] == 1
+    assert stored(live_server, portal.member_id).backoff_failures == 1
+    assert stored(live_server, portal.member_id).access_problem is None
+
+
+def test_a_call_the_portal_rejects_does_not_back_the_portal_off(live_server):
+    portal = install_portal(live_server)
+
+    with pytest.raises(CallRejected):
+        call(live_server, portal.member_id, method="no.such.method")
+
+    assert stored(live_server, portal.member_id).backoff_failures == 0
+    assert call(live_server, portal.member_id)["result"]["ID"] == "1"
+
+
 def test_opening_the_app_again_restores_a_portal_that_needed_reauthorization(live_server):
     portal = install_portal(live_server)
     live_server.sandbox.expire_access_tokens(portal.member_id)

@@ -95,9 +95,13 @@ class RestClient:
         )
         try:
             answer = retrying(self._call_renewing, portal, method, params)
-        except RetryLater as exc:
-            until = store.record_backoff(member_id, self._backoff_delay(exc))
-            log.warning("Portal %s backs off until %s UTC: %s", member_id, f"{until:%X}", exc)
+        except (RetryLater, CallRejected) as exc:
+            # A refresh rejected for our credentials or settings (the OAuth server's methods
+            # are named oauth…) fails the same way every time: asking again on every tick
+            # would only get the app blocked there.
+            if isinstance(exc, RetryLater) or str(exc.method).startswith("oauth"):
+                until = store.record_backoff(member_id, self._backoff_delay(exc))
+                log.warning("Portal %s backs off until %s UTC: %s", member_id, f"{until:%X}", exc)
             raise
         if portal.backoff_failures:
             store.clear_backoff(member_id)
@@ -245,6 +249,7 @@ class RestClient:
         def delay(failures):
             growing = min(self.backoff * 2 ** min(failures - 1, 30), self.backoff_max)
             jittered = growing * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
-            return timedelta(seconds=max(jittered, min(error.retry_after or 0, self.backoff_max)))
+            asked = getattr(error, "retry_after", None) or 0
+            return timedelta(seconds=max(jittered, min(asked, self.backoff_max)))
 
         return delay
