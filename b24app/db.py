@@ -28,8 +28,10 @@ def init_app(app):
     url = app.config["DATABASE_URL"]
     options = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        # The scheduler and the request threads write concurrently: wait for the lock.
-        options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        # The scheduler and the request threads write concurrently: wait for the lock, which
+        # a token refresh holds while the OAuth server answers (see store.renew_tokens).
+        timeout = app.config.get("OAUTH_TIMEOUT", 30.0) + 30
+        options["connect_args"] = {"timeout": timeout, "check_same_thread": False}
     try:
         engine = create_engine(url, **options)
     except (ArgumentError, NoSuchModuleError) as exc:
