@@ -7,8 +7,9 @@ from sqlalchemy import update
 
 from b24app import store
 from b24app.db import transaction
+from b24app.eventlog.pruning import PRUNE_INTERVAL, PRUNE_JOB
 from b24app.models import Portal
-from b24app.scheduler import start_scheduler
+from b24app.scheduler import PING_JOB, start_scheduler
 from tests.conftest import install_portal, stored
 
 
@@ -126,3 +127,16 @@ def test_a_portal_that_lost_access_is_marked_and_the_others_keep_their_pings(
     assert refusals == [
         f"Portal {failing.member_id}: token refresh refused, needs_reauth: invalid_grant"
     ]
+
+
+def test_the_scheduler_logs_its_start_and_stop_and_schedules_the_prune_job(live_server):
+    from tests.test_admin import rows_in_log
+
+    scheduler = start_scheduler(live_server.app)
+    jobs = {job.id: job for job in scheduler._scheduler.get_jobs()}
+    scheduler.shutdown()
+
+    assert set(jobs) == {PING_JOB, PRUNE_JOB}
+    assert jobs[PRUNE_JOB].trigger.interval.total_seconds() == PRUNE_INTERVAL
+    kinds = [row.kind for row in rows_in_log(live_server) if row.kind.startswith("scheduler")]
+    assert kinds == ["scheduler_start", "scheduler_stop"]
