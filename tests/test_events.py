@@ -6,13 +6,24 @@ from b24app.models import InstallState
 from tests.conftest import frame_post, stored
 
 
+def bind_lifecycle_events(server, portal):
+    """Bind ONAPPINSTALL and ONAPPUNINSTALL to the app's handler, as its install page does."""
+    for event in ("ONAPPINSTALL", "ONAPPUNINSTALL"):
+        server.sandbox.bind_event(portal.member_id, event, server.public_url + "/events", 0, 1)
+
+
+def open_install_page(server):
+    """Create a sandbox portal and make its install handshake, with the handlers bound."""
+    portal = server.sandbox.create_portal()
+    assert frame_post(server.sandbox.frame_launch(portal.member_id)).status_code == 200
+    bind_lifecycle_events(server, portal)
+    return portal
+
+
 def install_with_handlers(server):
     """Install the app on a new sandbox portal with its event handlers bound, as the page does."""
     sandbox = server.sandbox
-    portal = sandbox.create_portal()
-    assert frame_post(sandbox.frame_launch(portal.member_id)).status_code == 200
-    for event in ("ONAPPINSTALL", "ONAPPUNINSTALL"):
-        sandbox.bind_event(portal.member_id, event, server.public_url + "/events", 0, 1)
+    portal = open_install_page(server)
     sandbox.finish_install(portal.member_id)
     (delivery,) = sandbox.wait_for_event_deliveries(1)
     assert (delivery.event, delivery.status) == ("ONAPPINSTALL", 200)

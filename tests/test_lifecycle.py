@@ -8,13 +8,13 @@ from b24app.bitrix import rest_client
 from b24app.db import reading
 from b24app.models import EventLogEntry, InstallState
 from tests.conftest import frame_post, stored
-from tests.test_events import install_with_handlers, post_event, store_ids
-
-
-def bind_lifecycle_events(server, portal):
-    """Bind ONAPPINSTALL and ONAPPUNINSTALL to the app's handler, as its install page does."""
-    for event in ("ONAPPINSTALL", "ONAPPUNINSTALL"):
-        server.sandbox.bind_event(portal.member_id, event, server.public_url + "/events", 0, 1)
+from tests.test_events import (
+    bind_lifecycle_events,
+    install_with_handlers,
+    open_install_page,
+    post_event,
+    store_ids,
+)
 
 
 def log_rows(server, member_id):
@@ -70,9 +70,7 @@ def test_the_install_page_before_onappinstall_ends_installed(live_server):
 
 def test_a_repeated_onappinstall_is_taken_once_and_logged_twice(live_server):
     sandbox = live_server.sandbox
-    portal = sandbox.create_portal()
-    assert frame_post(sandbox.frame_launch(portal.member_id)).status_code == 200
-    bind_lifecycle_events(live_server, portal)
+    portal = open_install_page(live_server)
     sandbox.add_fault(portal.member_id, "events", "duplicate", method="ONAPPINSTALL")
 
     sandbox.finish_install(portal.member_id)
@@ -93,9 +91,7 @@ def test_a_repeated_onappinstall_is_taken_once_and_logged_twice(live_server):
 
 def test_a_late_onappinstall_keeps_the_newer_tokens_of_the_app_page(live_server):
     sandbox = live_server.sandbox
-    portal = sandbox.create_portal()
-    assert frame_post(sandbox.frame_launch(portal.member_id)).status_code == 200
-    bind_lifecycle_events(live_server, portal)
+    portal = open_install_page(live_server)
     sandbox.add_fault(portal.member_id, "events", "late", delay=1.0)
 
     sandbox.finish_install(portal.member_id)

@@ -6,18 +6,14 @@ import pytest
 import requests
 
 from b24app.sandbox.state import SandboxError
-from tests.conftest import frame_post, stored
+from tests.conftest import stored
+from tests.test_events import open_install_page
 
 
 @pytest.fixture
 def portal(live_server):
-    """Return a sandbox portal with the app installed and both lifecycle events bound."""
-    sandbox = live_server.sandbox
-    portal = sandbox.create_portal()
-    assert frame_post(sandbox.frame_launch(portal.member_id)).status_code == 200
-    for event in ("ONAPPINSTALL", "ONAPPUNINSTALL"):
-        sandbox.bind_event(portal.member_id, event, live_server.public_url + "/events", 0, 1)
-    return portal
+    """Return a sandbox portal whose install page is open, with both lifecycle events bound."""
+    return open_install_page(live_server)
 
 
 def test_an_event_is_posted_once_form_encoded_to_its_handler(live_server, portal):
