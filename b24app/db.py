@@ -65,9 +65,22 @@ def create_private_sqlite_file(url):
         pass
 
 
-def _configure_sqlite(connection, record):
+def use_wal(connection):
+    """Put the SQLite database of DB-API ``connection`` in WAL mode, which the file then keeps.
+
+    Switching needs the database to itself, and SQLite answers "database is locked" at once,
+    without waiting, when another connection is reading it; a database already in WAL mode, as
+    ``db-upgrade`` leaves it, is not switched again.
+    """
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _configure_sqlite(connection, record):
+    use_wal(connection)
+    cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
     # The driver would begin transactions itself, late and always deferred; _begin_sqlite

@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+from b24app.db import use_wal
 from b24app.models import Base
 
 config = context.config
@@ -18,6 +19,8 @@ def run_migrations_offline():
 def run_migrations_online():
     engine = create_engine(url)
     with engine.connect() as connection:
+        if url.startswith("sqlite"):
+            use_wal(connection.connection.dbapi_connection)
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
