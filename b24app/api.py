@@ -5,12 +5,11 @@ page carries a short-lived token signed with the app's secret key instead, sent 
 ``Authorization: Bearer <token>``.
 """
 
-import math
 import time
 from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
 from b24app import eventlog, store
 from b24app.models import AccessProblem, utcnow
@@ -18,11 +17,9 @@ from b24app.models import AccessProblem, utcnow
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 _SALT = "b24app.page-token"
-# Schedulers and web servers may run on different hosts whose clocks differ a little.
-CLOCK_SKEW = 5.0
+_RECEIPT_SALT = "b24app.ping-receipt"
 # A page may receive a ping the push server held back; older ones are not plausible.
 MAX_DELIVERY_AGE = 3600.0
-MAX_SEQUENCE = 2**63 - 1
 
 
 def _serializer():
@@ -84,32 +81,47 @@ def status():
     )
 
 
+def _receipts():
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=_RECEIPT_SALT)
+
+
+def issue_ping_receipt(member_id, sequence, sent_at):
+    """Return the signed receipt that a ping carries and the page sends back to acknowledge it.
+
+    It binds the ping's portal, number and send time: a page can acknowledge only pings the
+    scheduler sent to its own portal, and cannot make their delay look shorter or longer.
+    """
+    return _receipts().dumps([member_id, sequence, sent_at])
+
+
 @bp.post("/ping-delivered")
 @page_token_required
 def ping_delivered():
     """Record that the page received a scheduler ping, and its delay from the scheduler.
 
-    The body is ``{"sequence": <int>, "sent_at": <unix seconds>}`` as the ping carried them.
-    The delay is the backend's clock now minus ``sent_at`` (the scheduler's clock): the page's
-    own clock may be off by minutes, while the backend's hosts keep theirs in step. It includes
-    the acknowledgement's own trip, a few milliseconds.
+    The body is ``{"receipt": "<the ping's receipt>"}`` (see :func:`issue_ping_receipt`). The
+    delay is the backend's clock now minus the ping's send time (the scheduler's clock): the
+    page's own clock may be off by minutes, while the backend's hosts keep theirs in step. It
+    includes the acknowledgement's own trip, a few milliseconds.
     """
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or set(body) != {"sequence", "sent_at"}:
-        return jsonify(error="Send a JSON object with sequence and sent_at only."), 400
-    sequence, sent_at = body["sequence"], body["sent_at"]
-    if isinstance(sequence, bool) or not isinstance(sequence, int):
-        return jsonify(error="sequence must be a whole number."), 400
-    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
-        return jsonify(error="sent_at must be a number of seconds since 1970."), 400
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"receipt"}
+        or not isinstance(body["receipt"], str)
+    ):
+        return jsonify(error="Send a JSON object with the ping's receipt only."), 400
+    try:
+        member_id, sequence, sent_at = _receipts().loads(body["receipt"])
+    except BadSignature:
+        return jsonify(error="receipt is not one that the app's scheduler issued."), 400
+    if member_id != g.member_id:
+        return jsonify(error="receipt is of a ping sent to another portal."), 403
     now = time.time()
-    if not math.isfinite(sent_at) or not now - MAX_DELIVERY_AGE <= sent_at <= now + CLOCK_SKEW:
-        return jsonify(error="sent_at is not the send time of a recent ping."), 400
-    portal = store.get_portal(g.member_id)
-    if portal is None:
+    if sent_at < now - MAX_DELIVERY_AGE:
+        return jsonify(error="receipt is of a ping sent more than an hour ago."), 400
+    if store.get_portal(g.member_id) is None:
         return jsonify(error="This portal is not known to the app."), 404
-    if not 1 <= sequence <= min(portal.ping_sequence, MAX_SEQUENCE):
-        return jsonify(error="sequence is not the number of a ping sent to this portal."), 400
     delay_ms = max(0.0, (now - sent_at) * 1000)
     eventlog.record_ping_delivered(g.member_id, sequence, sent_at, delay_ms, g.user_id)
     return jsonify(result="ok", delay_ms=round(delay_ms, 1))

@@ -22,6 +22,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from b24app import eventlog, store
+from b24app.api import issue_ping_receipt
 from b24app.bitrix import rest_client
 from b24app.bitrix.errors import AccessLost, BitrixError, CallRejected, RetryLater
 from b24app.db import transaction
@@ -69,13 +70,15 @@ def claim_tick(job, tick):
         return False
 
 
-def ping_params(sequence, sent_at):
-    """Return the ``PARAMS`` of a ping: its send time as the SDK formats it, and its number."""
+def ping_params(member_id, sequence, sent_at):
+    """Return the ``PARAMS`` of a ping: its send time as the SDK formats it, its number, and the
+    receipt with which the page acknowledges it."""
     return {
         "param_1": datetime.fromtimestamp(sent_at).strftime("%Y-%m-%d %H:%M:%S"),
         "sequence": sequence,
         "sent_at": sent_at,
         "source": "scheduler",
+        "receipt": issue_ping_receipt(member_id, sequence, sent_at),
     }
 
 
@@ -90,7 +93,11 @@ def send_ping(member_id, module_id):
     rest_client().call(
         member_id,
         "pull.application.event.add",
-        {"COMMAND": "ping", "PARAMS": ping_params(sequence, sent_at), "MODULE_ID": module_id},
+        {
+            "COMMAND": "ping",
+            "PARAMS": ping_params(member_id, sequence, sent_at),
+            "MODULE_ID": module_id,
+        },
         # A ping is not repeated: the next tick sends a newer one, and waiting here would hold
         # a worker that other portals' pings need. A failure backs the portal off instead.
         attempts=1,

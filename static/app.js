@@ -108,11 +108,11 @@ function receiveMessage(message) {
 /**
  * Tell the backend that a scheduler ping arrived, so that its log knows the delivery delay.
  *
- * Only the ping's own sequence and sent_at go back; the backend measures the delay on its own
- * clock. A failed acknowledgement costs a row in the log, never the page its pings.
+ * Only the ping's signed receipt goes back; the backend measures the delay on its own clock.
+ * A failed acknowledgement costs a row in the log, never the page its pings.
  */
 async function acknowledgePing(params) {
-  if (statusTokenRefused || !Number.isInteger(params.sequence)) {
+  if (statusTokenRefused || typeof params.receipt !== 'string') {
     return;
   }
   try {
@@ -123,7 +123,7 @@ async function acknowledgePing(params) {
         'Content-Type': 'application/json',
         Accept: 'application/json',
       },
-      body: JSON.stringify({ sequence: params.sequence, sent_at: Number(params.sent_at) }),
+      body: JSON.stringify({ receipt: params.receipt }),
     });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));

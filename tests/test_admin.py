@@ -9,13 +9,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from itsdangerous import URLSafeTimedSerializer
+from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 from simple_websocket import Client, ConnectionClosed
 from sqlalchemy import select, update
 
 from b24app import eventlog
 from b24app.admin import issue_admin_token, issue_operator_token
-from b24app.api import issue_page_token
+from b24app.api import issue_page_token, issue_ping_receipt
 from b24app.db import reading, transaction
 from b24app.eventlog import Kind, Outcome
 from b24app.models import EventLogEntry, Portal
@@ -401,66 +401,94 @@ def pinged_portal(live_server):
     return portal
 
 
+def receipts_to(server, member_id):
+    return [
+        message.params["receipt"]
+        for message in server.sandbox.pushed_messages
+        if message.member_id == member_id and message.command == "ping"
+    ]
+
+
 def test_a_delivered_ping_is_logged_with_its_delay(live_server, pinged_portal):
     with live_server.app.app_context():
         token = issue_page_token(pinged_portal.member_id, ADMIN)
-    sent_at = time.time() - 0.25
+    first, second = receipts_to(live_server, pinged_portal.member_id)
 
-    response = deliver(live_server, token, {"sequence": 2, "sent_at": sent_at})
+    response = deliver(live_server, token, {"receipt": second})
 
     assert response.status_code == 200
-    assert 250 <= response.json()["delay_ms"] < 5000
     flush(live_server)
     [row] = rows_in_log(live_server, kind=Kind.PING_DELIVERY)
-    assert row.member_id == pinged_portal.member_id
-    assert row.duration_ms == pytest.approx(response.json()["delay_ms"], abs=0.1)
-    assert json.loads(row.details) == {"sequence": 2, "sent_at": sent_at, "user_id": ADMIN}
     sends = rows_in_log(live_server, kind=Kind.PING_SEND, member_id=pinged_portal.member_id)
     assert [json.loads(send.details)["sequence"] for send in sends] == [1, 2]
     assert all(send.duration_ms > 0 for send in sends)
+    sent_at = json.loads(sends[1].details)["sent_at"]
+    assert row.member_id == pinged_portal.member_id
+    assert json.loads(row.details) == {"sequence": 2, "sent_at": sent_at, "user_id": ADMIN}
+    assert row.duration_ms == pytest.approx(response.json()["delay_ms"], abs=0.1)
+    assert 0 <= response.json()["delay_ms"] < 60_000
+
+
+def test_the_delay_is_measured_from_the_send_time_in_the_receipt(live_server, pinged_portal):
+    with live_server.app.app_context():
+        token = issue_page_token(pinged_portal.member_id, ADMIN)
+        receipt = issue_ping_receipt(pinged_portal.member_id, 7, time.time() - 0.25)
+
+    response = deliver(live_server, token, {"receipt": receipt})
+
+    assert response.status_code == 200
+    assert 250 <= response.json()["delay_ms"] < 5000
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "status", "message"),
     [
-        (None, "Send a JSON object with sequence and sent_at only."),
-        ([1, 2], "Send a JSON object with sequence and sent_at only."),
-        ({"sequence": 1}, "Send a JSON object with sequence and sent_at only."),
-        (
-            {"sequence": 1, "sent_at": "now", "extra": 1},
-            "Send a JSON object with sequence and sent_at only.",
-        ),
-        ({"sequence": "1", "sent_at": "NOW"}, "sequence must be a whole number."),
-        ({"sequence": True, "sent_at": "NOW"}, "sequence must be a whole number."),
-        ({"sequence": 1.5, "sent_at": "NOW"}, "sequence must be a whole number."),
-        ({"sequence": 1, "sent_at": "yesterday"}, "sent_at must be a number of seconds"),
-        ({"sequence": 1, "sent_at": True}, "sent_at must be a number of seconds"),
-        ({"sequence": 1, "sent_at": "FUTURE"}, "sent_at is not the send time of a recent ping."),
-        ({"sequence": 1, "sent_at": "OLD"}, "sent_at is not the send time of a recent ping."),
-        ({"sequence": 0, "sent_at": "NOW"}, "sequence is not the number of a ping sent"),
-        ({"sequence": 3, "sent_at": "NOW"}, "sequence is not the number of a ping sent"),
-        ({"sequence": 2**70, "sent_at": "NOW"}, "sequence is not the number of a ping sent"),
+        (None, 400, "Send a JSON object with the ping's receipt only."),
+        ([1, 2], 400, "Send a JSON object with the ping's receipt only."),
+        ({}, 400, "Send a JSON object with the ping's receipt only."),
+        ({"receipt": 1}, 400, "Send a JSON object with the ping's receipt only."),
+        ({"receipt": "RECEIPT", "sent_at": 1}, 400, "Send a JSON object with the ping's receipt"),
+        # The body of an older page: the sequence and send time as plain numbers.
+        ({"sequence": 1, "sent_at": "NOW"}, 400, "Send a JSON object with the ping's receipt"),
+        ({"receipt": "forged"}, 400, "receipt is not one that the app's scheduler issued."),
+        ({"receipt": "ALTERED"}, 400, "receipt is not one that the app's scheduler issued."),
+        ({"receipt": "OTHER KEY"}, 400, "receipt is not one that the app's scheduler issued."),
+        ({"receipt": "PAGE TOKEN"}, 400, "receipt is not one that the app's scheduler issued."),
+        ({"receipt": "OLD"}, 400, "receipt is of a ping sent more than an hour ago."),
+        ({"receipt": "OTHER PORTAL"}, 403, "receipt is of a ping sent to another portal."),
     ],
 )
-def test_a_malformed_delivery_is_refused_and_nothing_is_stored(
-    live_server, pinged_portal, body, message
+def test_a_malformed_or_forged_delivery_is_refused_and_nothing_is_stored(
+    live_server, pinged_portal, body, status, message
 ):
+    member_id = pinged_portal.member_id
+    receipt = receipts_to(live_server, member_id)[0]
     with live_server.app.app_context():
-        token = issue_page_token(pinged_portal.member_id, ADMIN)
-    times = {"NOW": time.time(), "FUTURE": time.time() + 60, "OLD": time.time() - 7200}
-    if isinstance(body, dict) and body.get("sent_at") in times:
-        body = {**body, "sent_at": times[body["sent_at"]]}
+        token = issue_page_token(member_id, ADMIN)
+        receipts = {
+            "RECEIPT": receipt,
+            "ALTERED": receipt.replace(receipt[:8], receipt[:8].swapcase()),
+            "OTHER KEY": URLSafeSerializer("another key", salt="b24app.ping-receipt").dumps(
+                [member_id, 1, time.time()]
+            ),
+            "PAGE TOKEN": token,
+            "OLD": issue_ping_receipt(member_id, 1, time.time() - 7200),
+            "OTHER PORTAL": issue_ping_receipt("another-portal", 1, time.time()),
+        }
+    if isinstance(body, dict):
+        body = {key: receipts.get(value, value) for key, value in body.items()}
 
     response = deliver(live_server, token, body)
 
-    assert response.status_code == 400
+    assert response.status_code == status
     assert message in response.json()["error"]
     flush(live_server)
     assert rows_in_log(live_server, kind=Kind.PING_DELIVERY) == []
 
 
 def test_a_delivery_needs_a_page_token(live_server, pinged_portal):
-    response = deliver(live_server, None, {"sequence": 1, "sent_at": time.time()})
+    receipt = receipts_to(live_server, pinged_portal.member_id)[0]
+    response = deliver(live_server, None, {"receipt": receipt})
     assert response.status_code == 401
 
 
@@ -473,7 +501,9 @@ def test_a_delivery_is_answered_even_when_the_log_cannot_be_written(live_server,
         with transaction() as session:
             session.execute(text("DROP TABLE event_log"))
 
-    response = deliver(live_server, token, {"sequence": 1, "sent_at": time.time()})
+    response = deliver(
+        live_server, token, {"receipt": receipts_to(live_server, pinged_portal.member_id)[0]}
+    )
 
     assert response.status_code == 200
     with live_server.app.app_context():
