@@ -57,6 +57,26 @@ def test_a_portal_that_is_limiting_or_failing_backs_off(live_server, kind, code,
     assert tokens(live_server, portal.member_id) == before
 
 
+@pytest.mark.parametrize(
+    ("kind", "shortest", "longest"),
+    [("OPERATION_TIME_LIMIT", 10, 11), ("QUERY_LIMIT_EXCEEDED", 1, 3)],
+)
+def test_a_method_over_its_time_limit_is_left_alone_for_ten_seconds_at_least(
+    live_server, kind, shortest, longest
+):
+    # A first backoff is otherwise 1 to 2 s (2 s, jittered down to half).
+    portal = install_portal(live_server)
+    live_server.sandbox.add_fault(portal.member_id, "rest", kind)
+    started = utcnow()
+
+    with pytest.raises(RetryLater) as error:
+        call(live_server, portal.member_id)
+
+    assert error.value.retry_after == (10 if kind == "OPERATION_TIME_LIMIT" else None)
+    backoff = (stored(live_server, portal.member_id).backoff_until - started).total_seconds()
+    assert shortest <= backoff < longest
+
+
 def test_a_portal_that_does_not_answer_in_time_backs_off(live_server_factory):
     server = live_server_factory(env={"REST_TIMEOUT": "0.3"})
     portal = install_portal(server)

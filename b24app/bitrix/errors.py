@@ -90,6 +90,9 @@ RETRY_LATER_CODES = {
     "NETWORK_ERROR",
     "TIMEOUT",
 }
+# A method over its operation time limit stays blocked until the time it used over the last
+# ten minutes drops below the limit; like the official SDK, wait at least this long for it.
+OPERATION_TIME_LIMIT_WAIT = 10.0
 ACCESS_PROBLEMS = {
     "invalid_grant": AccessProblem.NEEDS_REAUTH,
     # The user whose tokens the app holds was dismissed or deactivated.
@@ -113,6 +116,8 @@ def error_for(code, description, *, status=None, retry_after=None, **context):
         return RefreshAndRetry(*arguments, **context)
     if code in ACCESS_PROBLEMS:
         return AccessLost(*arguments, problem=ACCESS_PROBLEMS[code], **context)
+    if code == "OPERATION_TIME_LIMIT" or status == 429:
+        retry_after = max(retry_after or 0, OPERATION_TIME_LIMIT_WAIT)
     if code in RETRY_LATER_CODES or status == 429 or (status or 0) >= 500:
         return RetryLater(*arguments, retry_after=retry_after, **context)
     return CallRejected(*arguments, **context)
