@@ -57,6 +57,23 @@ def test_a_portal_that_is_limiting_or_failing_backs_off(live_server, kind, code,
     assert tokens(live_server, portal.member_id) == before
 
 
+def test_portals_failing_together_back_off_for_jittered_times(live_server):
+    # So that they do not all come back at the same moment.
+    portals = [install_portal(live_server) for _ in range(6)]
+    seconds = []
+    for portal in portals:
+        live_server.sandbox.add_fault(portal.member_id, "rest", "QUERY_LIMIT_EXCEEDED")
+        started = utcnow()
+        with pytest.raises(RetryLater):
+            call(live_server, portal.member_id)
+        until = stored(live_server, portal.member_id).backoff_until
+        seconds.append((until - started).total_seconds())
+
+    # A first backoff is 2 s jittered down by up to half; six of them lie apart.
+    assert all(0.9 <= second < 2.5 for second in seconds)
+    assert max(seconds) - min(seconds) > 0.05
+
+
 @pytest.mark.parametrize(
     ("kind", "shortest", "longest"),
     [("OPERATION_TIME_LIMIT", 10, 11), ("QUERY_LIMIT_EXCEEDED", 1, 3)],
@@ -357,6 +374,31 @@ def test_opening_the_app_again_restores_a_portal_that_needed_reauthorization(liv
         call(live_server, portal.member_id)
 
     # A user who is no administrator opens the app: the tokens held were dead anyway.
+    response = frame_post(live_server.sandbox.frame_launch(portal.member_id, user_id=2))
+
+    assert response.status_code == 200
+    assert stored(live_server, portal.member_id).access_problem is None
+    assert call(live_server, portal.member_id)["result"]["ID"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("PORTAL_DELETED", "portal_deleted"),
+        ("PAYMENT_REQUIRED", "payment_required"),
+        ("APPLICATION_NOT_FOUND", "not_installed"),
+        ("ERROR_OAUTH", "not_installed"),
+        ("redirect", "moved"),
+    ],
+)
+def test_opening_the_app_again_restores_a_portal_that_shut_the_app_out(live_server, kind, problem):
+    portal = install_portal(live_server)
+    live_server.sandbox.add_fault(portal.member_id, "rest", kind, times=None)
+    with pytest.raises(AccessLost):
+        call(live_server, portal.member_id)
+    assert stored(live_server, portal.member_id).access_problem == problem
+    live_server.sandbox.clear_faults(portal.member_id)
+
     response = frame_post(live_server.sandbox.frame_launch(portal.member_id, user_id=2))
 
     assert response.status_code == 200
