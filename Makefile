@@ -2,8 +2,8 @@
 # `make test` sets up what the tests need and runs them.
 # `make bench` runs the ping fan-out benchmark and prints its figures (it asserts nothing);
 # vary it with e.g. `make bench BENCH_PORTALS=200 BENCH_INTERVAL=0.2`.
-# `make bench-log` times the admin page's log queries on a million rows (BENCH_ROWS; with
-# BENCH_DATABASE_URL on a scratch database of that PostgreSQL server).
+# `make bench-log` times the admin page's log queries on a million rows (BENCH_ROWS) and its
+# summary on a busy hour (with BENCH_DATABASE_URL on a scratch database of that PostgreSQL server).
 
 PYTHON ?= python3
 VENV ?= .venv

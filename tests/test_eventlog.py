@@ -433,6 +433,38 @@ def test_summary_counts_the_last_hours_pings_and_delays(db_app):
     assert both[1]["pings_failed"] == 1 and both[1]["success_rate"] == 0.0
 
 
+def test_summary_counts_each_ping_in_its_minute_of_the_chart(db_app):
+    now = datetime.now(UTC)
+    start = now - timedelta(hours=1)
+    add_portal(db_app, "m1", "one.example")
+    at = [
+        start,
+        start + timedelta(seconds=59.99),
+        start + timedelta(seconds=60.01),
+        start + timedelta(minutes=30, seconds=1),
+        now,
+    ]
+    add_rows(db_app, [{"occurred_at": t, "member_id": "m1", "kind": "ping_send"} for t in at])
+    add_rows(
+        db_app,
+        [
+            {"occurred_at": t, "member_id": "m1", "kind": "ping_delivery", "duration_ms": delay}
+            for t, delay in zip(at, [10.0, 30.0, 50.0, 70.0, 90.0], strict=True)
+        ],
+    )
+
+    with db_app.app_context():
+        [one] = summary.portal_summaries("m1", now=now)
+
+    minutes = one["minutes"]
+    assert [index for index, m in enumerate(minutes) if m["sent"]] == [0, 1, 30, 59]
+    assert [m["sent"] for m in minutes if m["sent"]] == [2, 1, 1, 1]
+    assert [m["delay_median_ms"] for m in minutes if m["sent"]] == [20.0, 50.0, 70.0, 90.0]
+    assert datetime.fromisoformat(minutes[1]["start"]) == start + timedelta(minutes=1)
+    assert (one["deliveries"], one["delay_median_ms"], one["delay_p95_ms"]) == (5, 50.0, 90.0)
+    assert datetime.fromisoformat(one["last_ping_delivered_at"]) == now
+
+
 def test_summary_finds_a_delivery_older_than_the_hour(db_app):
     now = datetime.now(UTC)
     add_portal(db_app, "m1", "one.example")

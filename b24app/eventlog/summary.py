@@ -1,22 +1,45 @@
 """Each portal's state at a glance: install, tokens, access problems, the last hour's pings.
 
-Statistics cover the ping rows of the last hour (``ping_send`` and ``ping_delivery``), read in one
-query through the ``(kind, occurred_at)`` index and summed up here; percentiles are computed in
-Python because SQLite has none.
+Statistics cover the ping rows of the last hour (``ping_send`` and ``ping_delivery``), read
+through the ``(kind, occurred_at)`` index. The database counts the sends per portal and minute;
+the delays come back as bare numbers, since SQLite has no percentiles, and are summed up here.
 """
 
 import math
 import statistics
+from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Integer, bindparam, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
 
 from b24app.db import reading
 from b24app.eventlog.recorder import Kind, Outcome
-from b24app.models import EventLogEntry, InstallState, Portal, utcnow
+from b24app.models import EventLogEntry, InstallState, Portal, UTCDateTime, utcnow
 
 WINDOW = timedelta(hours=1)
 BUCKET = timedelta(minutes=1)
+MINUTES = int(WINDOW / BUCKET)
+
+
+class minutes_since(FunctionElement):  # noqa: N801 (an SQL function, named as one)
+    """``minutes_since(later, earlier)``: the whole minutes from one time to the other."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(minutes_since, "sqlite")
+def _minutes_since_sqlite(element, compiler, **kw):
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST((julianday({later}) - julianday({earlier})) * 1440 AS INTEGER)"
+
+
+@compiles(minutes_since, "postgresql")
+def _minutes_since_postgresql(element, compiler, **kw):
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({later} - {earlier})) / 60) AS INTEGER)"
 
 
 def percentile(values, fraction):
@@ -42,67 +65,71 @@ def portal_summaries(member_id=None, now=None):
     """
     now = now or utcnow()
     start = now - WINDOW
+    in_window = [EventLogEntry.occurred_at >= start, EventLogEntry.occurred_at <= now]
+    portals = select(Portal).order_by(Portal.domain, Portal.member_id)
+    if member_id is not None:
+        portals = portals.where(Portal.member_id == member_id)
+        in_window.append(EventLogEntry.member_id == member_id)
+    minute = minutes_since(
+        EventLogEntry.occurred_at, bindparam("window_start", start, type_=UTCDateTime)
+    )
+    pings = defaultdict(_Pings)
     with reading() as session:
-        statement = select(Portal).order_by(Portal.domain, Portal.member_id)
-        if member_id is not None:
-            statement = statement.where(Portal.member_id == member_id)
-        portals = list(session.scalars(statement))
-        ping_rows = select(
-            EventLogEntry.member_id,
-            EventLogEntry.occurred_at,
-            EventLogEntry.kind,
-            EventLogEntry.outcome,
-            EventLogEntry.duration_ms,
-        ).where(
-            EventLogEntry.kind.in_((Kind.PING_SEND, Kind.PING_DELIVERY)),
-            EventLogEntry.occurred_at >= start,
-            EventLogEntry.occurred_at <= now,
-        )
-        if member_id is not None:
-            ping_rows = ping_rows.where(EventLogEntry.member_id == member_id)
-        rows_by_portal = {}
-        for row in session.execute(ping_rows):
-            rows_by_portal.setdefault(row.member_id, []).append(row)
+        portals = list(session.scalars(portals))
+        # Plain rows through the connection: the ORM's would cost more than the query.
+        connection = session.connection()
+        for portal_id, index, outcome, count in connection.execute(
+            select(EventLogEntry.member_id, minute, EventLogEntry.outcome, func.count())
+            .where(EventLogEntry.kind == Kind.PING_SEND, *in_window)
+            .group_by(EventLogEntry.member_id, minute, EventLogEntry.outcome)
+        ):
+            pings[portal_id].add_sends(index, outcome, count)
+        for portal_id, index, delay in connection.execute(
+            select(EventLogEntry.member_id, minute, EventLogEntry.duration_ms).where(
+                EventLogEntry.kind == Kind.PING_DELIVERY,
+                EventLogEntry.duration_ms.is_not(None),
+                *in_window,
+            )
+        ):
+            pings[portal_id].add_delay(index, delay)
         summaries = []
         for portal in portals:
-            summary = _summary(portal, rows_by_portal.get(portal.member_id, []), start)
-            if summary["last_ping_delivered_at"] is None:
-                # Older than the window: ask the (member_id, kind, occurred_at) index directly.
-                summary["last_ping_delivered_at"] = _iso(
-                    session.scalar(
-                        select(EventLogEntry.occurred_at)
-                        .where(
-                            EventLogEntry.member_id == portal.member_id,
-                            EventLogEntry.kind == Kind.PING_DELIVERY,
-                        )
-                        .order_by(EventLogEntry.occurred_at.desc())
-                        .limit(1)
-                    )
+            # Through the (member_id, kind, occurred_at) index: one step per portal.
+            last_delivered = session.scalar(
+                select(EventLogEntry.occurred_at)
+                .where(
+                    EventLogEntry.member_id == portal.member_id,
+                    EventLogEntry.kind == Kind.PING_DELIVERY,
+                    EventLogEntry.occurred_at <= now,
                 )
-            summaries.append(summary)
+                .order_by(EventLogEntry.occurred_at.desc())
+                .limit(1)
+            )
+            pings_of_portal = pings.get(portal.member_id, _Pings())
+            summaries.append(_summary(portal, pings_of_portal, start, last_delivered))
     return summaries
 
 
-def _summary(portal, rows, start):
-    sent = failed = 0
-    delays = []
-    last_delivered = None
-    buckets = [{"sent": 0, "failed": 0, "delays": []} for _ in range(int(WINDOW / BUCKET))]
-    for row in rows:
-        index = min(len(buckets) - 1, int((row.occurred_at - start) / BUCKET))
-        if row.kind == Kind.PING_SEND:
-            if row.outcome == Outcome.OK:
-                sent += 1
-                buckets[index]["sent"] += 1
-            else:
-                failed += 1
-                buckets[index]["failed"] += 1
-        elif row.duration_ms is not None:
-            delays.append(row.duration_ms)
-            buckets[index]["delays"].append(row.duration_ms)
-            if last_delivered is None or row.occurred_at > last_delivered:
-                last_delivered = row.occurred_at
-    delays.sort()
+class _Pings:
+    """One portal's pings of the window: sends counted, and delays, by minute."""
+
+    def __init__(self):
+        self.sent = [0] * MINUTES
+        self.failed = [0] * MINUTES
+        self.delays = [[] for _ in range(MINUTES)]
+
+    def add_sends(self, index, outcome, count):
+        # A row at the window's very end falls in its last minute.
+        counts = self.sent if outcome == Outcome.OK else self.failed
+        counts[min(index, MINUTES - 1)] += count
+
+    def add_delay(self, index, delay):
+        self.delays[min(index, MINUTES - 1)].append(delay)
+
+
+def _summary(portal, pings, start, last_delivered):
+    sent, failed = sum(pings.sent), sum(pings.failed)
+    delays = sorted(delay for minute in pings.delays for delay in minute)
     attempts = sent + failed
     return {
         "member_id": portal.member_id,
@@ -128,12 +155,12 @@ def _summary(portal, rows, start):
         "minutes": [
             {
                 "start": (start + BUCKET * index).isoformat(),
-                "sent": bucket["sent"],
-                "failed": bucket["failed"],
+                "sent": pings.sent[index],
+                "failed": pings.failed[index],
                 "delay_median_ms": _rounded(
-                    statistics.median(bucket["delays"]) if bucket["delays"] else None
+                    statistics.median(pings.delays[index]) if pings.delays[index] else None
                 ),
             }
-            for index, bucket in enumerate(buckets)
+            for index in range(MINUTES)
         ],
     }

@@ -7,8 +7,9 @@ Run from the repository root::
 It fills a fresh database (a SQLite file, or with ``--database-url`` a new database on that
 PostgreSQL server, dropped afterwards) with rows spread over 100 portals and a few days, then
 times the queries the admin page makes: the first page, a page half a million rows deep, each
-filter, and for comparison the same deep page by OFFSET. Nothing is asserted: the figures depend
-on the machine, and are for comparing one change with another.
+filter, and for comparison the same deep page by OFFSET. Then it adds a busy last hour (a ping
+and its delivery to each portal every second) and times the per-portal summary. Nothing is
+asserted: the figures depend on the machine, and are for comparing one change with another.
 """
 
 import argparse
@@ -24,23 +25,25 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from b24app import create_app, migrations
-from b24app.db import reading
-from b24app.eventlog import queries
+from b24app.db import reading, transaction
+from b24app.eventlog import queries, summary
 from b24app.eventlog.queries import EventFilter
-from b24app.models import EventLogEntry, utcnow
+from b24app.models import EventLogEntry, Portal, utcnow
 
 PORTALS = 100
 REPEATS = 5
 PAGE = 50
 
-# One row per quarter second, oldest first; about 1 % failures and 2 % events among pings.
+# One row every :spacing milliseconds up to now, oldest first; about 1 % failures and 2 % events
+# among pings.
 SQLITE_FILL = """
 INSERT INTO event_log
     (occurred_at, member_id, domain, kind, outcome, message, duration_ms, details)
 WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < :rows)
 SELECT
-    strftime('%Y-%m-%d %H:%M:%S', 'now', '-' || ((:rows - n) / 4) || ' seconds') || '.'
-        || printf('%06d', ((:rows - n) % 4) * 250000),
+    strftime(
+        '%Y-%m-%d %H:%M:%S', 'now', '-' || (((:rows - n) * :spacing + 999) / 1000) || ' seconds'
+    ) || '.' || printf('%06d', (1000 - (:rows - n) * :spacing % 1000) % 1000 * 1000),
     'portal-' || (n % :portals),
     'portal-' || (n % :portals) || '.bitrix24.com',
     CASE WHEN n % 50 = 0 THEN 'event' WHEN n % 2 = 0 THEN 'ping_send' ELSE 'ping_delivery' END,
@@ -55,7 +58,7 @@ POSTGRESQL_FILL = """
 INSERT INTO event_log
     (occurred_at, member_id, domain, kind, outcome, message, duration_ms, details)
 SELECT
-    now() - (:rows - n) * interval '250 milliseconds',
+    now() - (:rows - n) * :spacing * interval '1 millisecond',
     'portal-' || (n % :portals),
     'portal-' || (n % :portals) || '.bitrix24.com',
     CASE WHEN n % 50 = 0 THEN 'event' WHEN n % 2 = 0 THEN 'ping_send' ELSE 'ping_delivery' END,
@@ -65,6 +68,11 @@ SELECT
     '{"sequence": ' || n || '}'
 FROM generate_series(1, :rows) AS n
 """
+
+# The log's rows: one every quarter second, so a million reach back about 70 hours.
+LOG_SPACING_MS = 250
+# The busy hour of the summary: a ping and its delivery to each portal every second.
+BUSY_SPACING_MS = 5
 
 
 def timed(function, repeats=REPEATS):
@@ -77,13 +85,18 @@ def timed(function, repeats=REPEATS):
     return statistics.median(runs), max(runs)
 
 
-def fill(url, rows):
-    """Fill the event log of the database at ``url`` with ``rows`` rows; return the seconds."""
+def fill(url, rows, spacing_ms):
+    """Add ``rows`` rows, one every ``spacing_ms`` up to now, to the log at ``url``.
+
+    :return: the seconds it took.
+    """
     engine = create_engine(url)
     started = time.perf_counter()
     statement = POSTGRESQL_FILL if url.startswith("postgresql") else SQLITE_FILL
     with engine.begin() as connection:
-        connection.execute(text(statement), {"rows": rows, "portals": PORTALS})
+        connection.execute(
+            text(statement), {"rows": rows, "portals": PORTALS, "spacing": spacing_ms}
+        )
     with engine.begin() as connection:
         connection.execute(text("ANALYZE"))
     engine.dispose()
@@ -154,6 +167,32 @@ def measure(rows):
     print(f"{'same deep page by OFFSET':<34} {median:>10.1f} {slowest:>11.1f} {PAGE:>5}")
 
 
+def measure_summary(url):
+    """Add a busy hour to the log and print the timing of the admin page's summary."""
+    rows = 3600 * 1000 // BUSY_SPACING_MS
+    seconds = fill(url, rows, BUSY_SPACING_MS)
+    print(f"\nsummary of a busy last hour: {rows:,} more rows in {seconds:.1f} s")
+    with transaction() as session:
+        session.add_all(
+            Portal(
+                member_id=f"portal-{number}",
+                domain=f"portal-{number}.bitrix24.com",
+                client_endpoint=f"https://portal-{number}.bitrix24.com/rest/",
+                server_endpoint="https://oauth.bitrix24.tech/rest/",
+            )
+            for number in range(PORTALS)
+        )
+    print(f"{'summary':<34} {'median ms':>10} {'slowest ms':>11} {'rows':>5}")
+    for name, member_id in [(f"every portal ({PORTALS})", None), ("one portal", "portal-7")]:
+        found = []
+
+        def run(member_id=member_id, found=found):
+            found[:] = summary.portal_summaries(member_id)
+
+        median, slowest = timed(run)
+        print(f"{name:<34} {median:>10.1f} {slowest:>11.1f} {len(found):>5}")
+
+
 def scratch_postgresql(url):
     """Create a new database on the server at ``url``; return its URL and a dropper."""
     server = create_engine(url, isolation_level="AUTOCOMMIT")
@@ -189,12 +228,13 @@ def main(argv=None):
             url = "sqlite:///" + os.path.join(folder, "bench.sqlite3")
         try:
             migrations.upgrade(url)
-            seconds = fill(url, options.rows)
+            seconds = fill(url, options.rows, LOG_SPACING_MS)
             print(f"{make_url(url).get_backend_name()}: {options.rows:,} rows in {seconds:.1f} s")
             os.environ["B24_INSTANCE_PATH"] = folder
             app = create_app({"DATABASE_URL": url, "SCHEDULER_IN_SERVER": False})
             with app.app_context():
                 measure(options.rows)
+                measure_summary(url)
         finally:
             if drop:
                 drop()
