@@ -105,8 +105,7 @@ def portal_summaries(member_id=None, now=None):
                 .order_by(EventLogEntry.occurred_at.desc())
                 .limit(1)
             )
-            pings_of_portal = pings.get(portal.member_id, _Pings())
-            summaries.append(_summary(portal, pings_of_portal, start, last_delivered))
+            summaries.append(_summary(portal, pings[portal.member_id], start, last_delivered))
     return summaries
 
 
