@@ -474,7 +474,11 @@ def _open_tail(ws):
     after = opening.get("after")
     if after is None:
         return grant, event_filter, queries.newest_id()
-    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+    if (
+        isinstance(after, bool)
+        or not isinstance(after, int)
+        or not 0 <= after <= queries.MAX_ROW_ID
+    ):
         raise FilterError("after must be the id of a row, or null for rows from now on.")
     return grant, event_filter, after
 

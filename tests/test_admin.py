@@ -314,6 +314,8 @@ def test_the_api_filters_and_pages(live_server, operator_token):
         ({"limit": "0"}, "limit must be a whole number from 1 to 500."),
         ({"limit": "many"}, "limit must be a whole number from 1 to 500."),
         ({"before": "yesterday"}, "before must be a cursor from the previous page's next."),
+        ({"before": "1_9999999999999999999"}, "before must be a cursor from the previous page"),
+        ({"until": "9999-12-31T23:59:59-14:00"}, "until is out of range"),
         ({"kind": "nonsense"}, "kind must be one of"),
         ({"since": "last week"}, "since must be an ISO 8601 time"),
     ],
@@ -686,6 +688,8 @@ def test_the_live_tail_closes_when_the_token_expires(live_server_factory):
         ("not json", 4400, "The first message must be a JSON object."),
         ("OPERATOR:kind=bad", 4400, "kind must be one of"),
         ("OPERATOR:after=-1", 4400, "after must be the id of a row"),
+        (f"OPERATOR:after={10**30}", 4400, "after must be the id of a row"),
+        ("OPERATOR:until=9999-12-31T23:59:59-14:00", 4400, "until is out of range"),
         ("PORTAL:member_id=other", 4403, "This admin token shows its own portal's events only."),
     ],
 )

@@ -272,6 +272,8 @@ def test_filters_select_the_matching_rows_newest_first(filled, event_filter, exp
         ({"outcome": "bad"}, "outcome must be one of"),
         ({"since": "yesterday"}, "since must be an ISO 8601 time with an offset"),
         ({"until": "2025-03-01T12:00:00"}, "until needs a UTC offset"),
+        ({"until": "9999-12-31T23:59:59-14:00"}, "until is out of range"),
+        ({"since": "0001-01-01T00:00:00+14:00"}, "since is out of range"),
         (
             {"since": "2025-03-01T13:00:00Z", "until": "2025-03-01T12:00:00Z"},
             "since must be earlier than until.",

@@ -22,6 +22,8 @@ MAX_LIMIT = 500
 MAX_SEARCH = 100
 EXPORT_BATCH = 1000
 _CURSOR = re.compile(r"^(\d{1,17})_(\d{1,19})$")
+# Row ids are 64-bit signed integers on every database.
+MAX_ROW_ID = 2**63 - 1
 _MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -89,7 +91,11 @@ def parse_time(value, name):
         ) from None
     if parsed.tzinfo is None:
         raise FilterError(f"{name} needs a UTC offset (Z or +hh:mm), got {value!r}.")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        # The first or the last day of the calendar, with an offset that leaves it.
+        raise FilterError(f"{name} is out of range, got {value!r}.") from None
 
 
 def parse_filter(args):
@@ -156,7 +162,7 @@ def decode_cursor(cursor):
     :raise FilterError: when the cursor is not one that :func:`encode_cursor` makes.
     """
     match = _CURSOR.match(str(cursor))
-    if not match:
+    if not match or int(match.group(2)) > MAX_ROW_ID:
         raise FilterError("before must be a cursor from the previous page's next.")
     return _EPOCH + timedelta(microseconds=int(match.group(1))), int(match.group(2))
 
