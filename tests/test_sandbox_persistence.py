@@ -96,11 +96,17 @@ def test_a_restarted_sandbox_has_the_same_portals_users_and_handlers(tmp_path, s
     sandbox.finish_install(first.member_id)
     sandbox.bind_event(first.member_id, "ONAPPUNINSTALL", "http://127.0.0.1:9/events", 0, 1)
     second = sandbox.create_portal()
+    third = sandbox.create_portal()
+    sandbox.install_api_only(third.member_id)
 
     restarted = restart(tmp_path)
 
     assert restarted is not sandbox
-    assert [p.member_id for p in restarted.portals] == [first.member_id, second.member_id]
+    assert [p.member_id for p in restarted.portals] == [
+        first.member_id,
+        second.member_id,
+        third.member_id,
+    ]
     portal = restarted.get_portal(first.member_id)
     assert portal.app_state == "installed"
     assert portal.app_id == first.app_id
@@ -109,6 +115,7 @@ def test_a_restarted_sandbox_has_the_same_portals_users_and_handlers(tmp_path, s
     assert restarted.get_user(first.member_id, 1).admin is True
     assert restarted.bound_events(first.member_id) == sandbox.bound_events(first.member_id)
     assert restarted.get_portal(second.member_id).app_state == "not_installed"
+    assert restarted.get_portal(third.member_id).app_state == "api_only"
 
 
 def test_id_counters_continue_after_a_restart(tmp_path, sandbox):

@@ -188,6 +188,25 @@ def test_portal_page_after_install(sandbox, portal, sandbox_get):
     assert 'data-app-state="installed"' in page
 
 
+def test_portal_page_after_an_api_only_install_opens_no_frame(sandbox, portal, sandbox_get):
+    sandbox.install_api_only(portal.member_id)
+
+    page = sandbox_get(f"/portal/{portal.member_id}/?user=1").get_data(as_text=True)
+
+    # The page script opens the app's frame only in state "installed".
+    assert 'data-app-state="api_only"' in page
+    assert 'data-state="api_only">Installed, API only<' in page
+    assert 'id="api-only-notice"' in page
+    assert 'id="open-button"' not in page
+    assert 'id="uninstall-button"' in page
+
+    sandbox.uninstall(portal.member_id)
+    sandbox.finish_install(portal.member_id)
+    page = sandbox_get(f"/portal/{portal.member_id}/?user=1").get_data(as_text=True)
+    assert 'data-app-state="installed"' in page
+    assert 'id="api-only-notice"' not in page
+
+
 @pytest.mark.parametrize("path", ["/portal/nope/?user=1", "/portal/{member_id}/?user=7"])
 def test_portal_page_not_found(portal, sandbox_get, path):
     assert sandbox_get(path.format(member_id=portal.member_id)).status_code == 404

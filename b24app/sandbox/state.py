@@ -137,8 +137,9 @@ class Portal:
     """A sandbox portal with the registered local app on it.
 
     ``installed`` is the app's INSTALLED flag; ``application_token`` belongs to the current
-    installation and is replaced when the app is uninstalled. ``condition`` is None for a
-    portal in order, or one of :data:`PORTAL_CONDITIONS`.
+    installation and is replaced when the app is uninstalled. ``api_only`` marks an app
+    installed as one that uses the API only, which the portal opens no frame for. ``condition``
+    is None for a portal in order, or one of :data:`PORTAL_CONDITIONS`.
     """
 
     member_id: str
@@ -151,12 +152,13 @@ class Portal:
     install_count: int = 0
     handlers: list = field(default_factory=list)
     condition: str | None = None
+    api_only: bool = False
 
     @property
     def app_state(self):
-        """Return ``installed``, ``not_installed`` or ``uninstalled`` for the portal page."""
+        """Return ``installed``, ``api_only``, ``not_installed`` or ``uninstalled``."""
         if self.installed:
-            return "installed"
+            return "api_only" if self.api_only else "installed"
         return "uninstalled" if self.uninstalled else "not_installed"
 
 
@@ -732,9 +734,10 @@ class SandboxState:
             "AUTH_EXPIRES": str(int(self.access_lifetime)),
         }
 
-    def finish_install(self, member_id, user_id=1):
+    def finish_install(self, member_id, user_id=1, api_only=False):
         """Mark the app installed, as ``setInstallFinish`` does, and send ONAPPINSTALL.
 
+        :param api_only: installed as an app that uses the API only.
         :raise SandboxError: for an unknown portal or user, or a user who is not an admin.
         """
         portal = self.get_portal(member_id)
@@ -744,6 +747,7 @@ class SandboxState:
         with self._changing():
             portal.installed = True
             portal.uninstalled = False
+            portal.api_only = api_only
             portal.install_count += 1
             handlers = [h for h in portal.handlers if h.event == "ONAPPINSTALL"]
         for handler in handlers:
@@ -789,7 +793,7 @@ class SandboxState:
             raise SandboxError("Only an administrator can install the application.")
         with suppress(ProtocolError):  # Bound already by an earlier installation.
             self.bind_event(member_id, "ONAPPINSTALL", self.install_url, 0, user_id)
-        return self.finish_install(member_id, user_id)
+        return self.finish_install(member_id, user_id, api_only=True)
 
     def uninstall(self, member_id, clean=False):
         """Remove the app: revoke its tokens, drop its handlers and send ONAPPUNINSTALL.
@@ -804,6 +808,7 @@ class SandboxState:
             application_token = portal.application_token
             portal.installed = False
             portal.uninstalled = True
+            portal.api_only = False
             portal.handlers = []
             portal.application_token = secrets.token_hex(16)
             for token in self._by_refresh.values():
