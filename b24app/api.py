@@ -10,6 +10,7 @@ from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from werkzeug.exceptions import HTTPException
 
 from b24app import eventlog, store
 from b24app.models import AccessProblem, utcnow
@@ -20,6 +21,12 @@ _SALT = "b24app.page-token"
 _RECEIPT_SALT = "b24app.ping-receipt"
 # A page may receive a ping the push server held back; older ones are not plausible.
 MAX_DELIVERY_AGE = 3600.0
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error):
+    """Answer in JSON, as every other answer here, when the request itself is refused."""
+    return jsonify(error=error.description), error.code
 
 
 def _serializer():

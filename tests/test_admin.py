@@ -200,7 +200,16 @@ def test_the_operator_link_shows_every_portal(live_server, two_portals):
 
 @pytest.mark.parametrize(
     ("hours", "message"),
-    [("0", "0<x<=720"), ("721", "0<x<=720"), ("soon", "is not a valid float")],
+    [
+        ("0", "0<x<=720"),
+        ("721", "0<x<=720"),
+        ("soon", "is not a valid float"),
+        ("nan", "nan is not in the range 0<x<=720."),
+        ("NaN", "nan is not in the range 0<x<=720."),
+        ("inf", "inf is not in the range 0<x<=720."),
+        ("-inf", "-inf is not in the range 0<x<=720."),
+        ("1e400", "inf is not in the range 0<x<=720."),
+    ],
 )
 def test_the_operator_link_command_refuses_bad_hours(live_server, hours, message):
     result = live_server.app.test_cli_runner().invoke(args=["admin-link", "--hours", hours])
@@ -486,6 +495,16 @@ def test_a_malformed_or_forged_delivery_is_refused_and_nothing_is_stored(
     assert message in response.json()["error"]
     flush(live_server)
     assert rows_in_log(live_server, kind=Kind.PING_DELIVERY) == []
+
+
+def test_an_oversized_delivery_is_refused_in_json(live_server, pinged_portal):
+    with live_server.app.app_context():
+        token = issue_page_token(pinged_portal.member_id, ADMIN)
+
+    response = deliver(live_server, token, {"receipt": "x" * 2_000_000})
+
+    assert response.status_code == 413
+    assert "error" in response.json()
 
 
 def test_a_delivery_needs_a_page_token(live_server, pinged_portal):
