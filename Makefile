@@ -35,8 +35,9 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 setup: $(VENV)/.requirements node_modules/.package-lock.json
 
-# `make run PORT=5001` moves the app and the sandbox portal to that port together.
-PORT_URLS = $(if $(filter command line,$(origin PORT)),\
+# `make run PORT=5001` (or PORT in the environment) moves the app and the sandbox portal to
+# that port together.
+PORT_URLS = $(if $(filter command line environment,$(origin PORT)),\
   B24_PUBLIC_URL=http://127.0.0.1:$(PORT) B24_SANDBOX_URL=http://localhost:$(PORT))
 
 run: setup
