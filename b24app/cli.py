@@ -1,6 +1,8 @@
 """The `flask --app wsgi` commands: db-upgrade, rotate-token-keys, serve, scheduler, admin-link."""
 
 import logging
+import math
+import signal
 import threading
 
 import click
@@ -61,6 +63,7 @@ def serve(host, port):
     _require_migrated(app)
     _require_readable_tokens()
     running = start_scheduler(app) if app.config["SCHEDULER_IN_SERVER"] else None
+    _stop_on_sigterm()
     if app.config["SANDBOX"]:
         click.echo(f"Open the sandbox portal: {app.config['SANDBOX_URL']}/")
     try:
@@ -81,6 +84,7 @@ def scheduler():
     _require_migrated(app)
     _require_readable_tokens()
     running = start_scheduler(app)
+    _stop_on_sigterm()
     stop = threading.Event()
     try:
         stop.wait()
@@ -90,12 +94,22 @@ def scheduler():
         running.shutdown()
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A :class:`click.FloatRange` that refuses nan too: a plain one lets it through."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{number} is not in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
 @click.command("admin-link")
 @click.option(
     "--hours",
     default=24.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True, max=30 * 24),
+    type=FiniteFloatRange(min=0, min_open=True, max=30 * 24),
     help="How long the link works.",
 )
 @with_appcontext
@@ -108,6 +122,16 @@ def admin_link(hours):
         f"Valid for {hours:g} hours. Anyone holding it sees every portal's log: keep it private.",
         err=True,
     )
+
+
+def _stop_on_sigterm():
+    """Stop on SIGTERM, which service managers send, as on Ctrl-C: the scheduler is shut down
+    and logs it, and the event log's queue is written out before the process exits."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _require_migrated(app):

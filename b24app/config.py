@@ -5,6 +5,7 @@ built-in sandbox portal, whose OAuth server issues the app's credentials itself.
 """
 
 import binascii
+import math
 import os
 import re
 import secrets
@@ -29,6 +30,16 @@ TOKEN_KEY_RECIPE = (
     'print(Fernet.generate_key().decode())"'
 )
 
+# Bounds of the numeric settings. The upper ones refuse values no one means and keep date
+# arithmetic (now + an age) far from overflowing.
+HOUR = 3600
+DAY = 24 * HOUR
+YEAR = 365 * DAY
+# A heartbeat needs no more than 20 pings a second; far shorter intervals starve the scheduler
+# (at 1e-9 s no ping went out at all).
+MIN_PING_INTERVAL = 0.05
+MAX_RETENTION_DAYS = 36500
+
 
 class ConfigError(RuntimeError):
     """A setting is missing or invalid; the message says which and how to fix it."""
@@ -39,24 +50,39 @@ def _env(name, default=None):
     return default if value is None or value.strip() == "" else value.strip()
 
 
-def _env_float(name, default):
+def _env_number(name, default, low, high, unit="", *, above_low=False, whole=False, note=""):
+    """Return the setting ``name``: a finite number from ``low`` to ``high``, or ``default``.
+
+    :param unit: what the number counts ("seconds", "days"), named in the error message.
+    :param above_low: whether ``low`` itself is refused too (the number must be above it).
+    :param whole: whether the number must be whole; it is then returned as an int.
+    :param note: said after the range in the error message, e.g. " (a year)".
+    :raise ConfigError: when the setting is not such a number (nan and infinities never are);
+        the message names the setting, its range and the value given.
+    """
     raw = _env(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
+        value = math.nan
+    above = low < value if above_low else low <= value
+    in_range = math.isfinite(value) and above and value <= high
+    if not in_range or (whole and not value.is_integer()):
+        kind = ("whole number" if whole else "number") + (f" of {unit}" if unit else "")
+        if above_low:
+            rule = f"a positive {kind}" if low == 0 else f"a {kind} above {_plain(low)}"
+            rule += f", at most {_plain(high)}{note}"
+        else:
+            rule = f"a {kind} from {_plain(low)} to {_plain(high)}{note}"
+        raise ConfigError(f"{name} must be {rule}, got {raw!r}.")
+    return int(value) if whole else value
 
 
-def _env_int(name, default):
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+def _plain(number):
+    """Return ``number`` as the operator would write it: 86400, 0.05 (never 8.64e+04)."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
 
 
 def _env_bool(name, default):
@@ -158,7 +184,7 @@ def load_config(instance_path):
         "DATABASE_URL": _env(
             "DATABASE_URL", "sqlite:///" + os.path.join(instance_path, "b24app.sqlite3")
         ),
-        "PING_INTERVAL": _env_float("PING_INTERVAL", 1.0),
+        "PING_INTERVAL": _env_number("PING_INTERVAL", 1.0, MIN_PING_INTERVAL, DAY, "seconds"),
         "PULL_MODULE_ID": _env("PULL_MODULE_ID", "main"),
         "OAUTH_SERVER": _env("B24_OAUTH_SERVER", "https://oauth.bitrix.info").rstrip("/"),
         "OAUTH_SERVERS": [
@@ -168,23 +194,42 @@ def load_config(instance_path):
         ],
         "PUBLIC_URL": public_url,
         "JSSDK_URL": _env("B24_JSSDK_URL", "/vendor/b24jssdk/index.min.js"),
-        "REST_TIMEOUT": _env_float("REST_TIMEOUT", 10.0),
+        "REST_TIMEOUT": _env_number("REST_TIMEOUT", 10.0, 0, HOUR, "seconds", above_low=True),
         # Longer than REST's: a refresh the app gives up on may still use the token up.
-        "OAUTH_TIMEOUT": _env_float("OAUTH_TIMEOUT", 30.0),
-        "REST_ATTEMPTS": _env_float("REST_ATTEMPTS", 3),
-        "BACKOFF_MAX": _env_float("BACKOFF_MAX", 300.0),
-        "PAGE_TOKEN_MAX_AGE": _env_float("PAGE_TOKEN_MAX_AGE", 3600.0),
-        "ADMIN_TOKEN_MAX_AGE": _env_float("ADMIN_TOKEN_MAX_AGE", 3600.0),
-        "EVENT_LOG_RETENTION_DAYS": _env_float("EVENT_LOG_RETENTION_DAYS", 30.0),
+        "OAUTH_TIMEOUT": _env_number("OAUTH_TIMEOUT", 30.0, 0, HOUR, "seconds", above_low=True),
+        "REST_ATTEMPTS": _env_number("REST_ATTEMPTS", 3, 1, 10, whole=True),
+        "BACKOFF_MAX": _env_number("BACKOFF_MAX", 300.0, 0, DAY, "seconds", above_low=True),
+        "PAGE_TOKEN_MAX_AGE": _env_number(
+            "PAGE_TOKEN_MAX_AGE", 3600.0, 0, YEAR, "seconds", above_low=True, note=" (a year)"
+        ),
+        "ADMIN_TOKEN_MAX_AGE": _env_number(
+            "ADMIN_TOKEN_MAX_AGE", 3600.0, 0, YEAR, "seconds", above_low=True, note=" (a year)"
+        ),
+        "EVENT_LOG_RETENTION_DAYS": _env_number(
+            "EVENT_LOG_RETENTION_DAYS", 30.0, 0, MAX_RETENTION_DAYS, "days", above_low=True
+        ),
         "SCHEDULER_IN_SERVER": _env_bool("SCHEDULER_IN_SERVER", True),
         "SANDBOX_URL": sandbox_url,
-        "SANDBOX_ACCESS_TOKEN_LIFETIME": _env_float("SANDBOX_ACCESS_TOKEN_LIFETIME", 3600.0),
-        "SANDBOX_REFRESH_TOKEN_LIFETIME": _env_float(
-            "SANDBOX_REFRESH_TOKEN_LIFETIME", 180 * 24 * 3600.0
+        # The app accepts a frame's AUTH_EXPIRES from 1 to 86400 seconds (see bitrix/frame.py).
+        "SANDBOX_ACCESS_TOKEN_LIFETIME": _env_number(
+            "SANDBOX_ACCESS_TOKEN_LIFETIME", 3600.0, 1, DAY, "seconds"
+        ),
+        # 0 or less issues refresh tokens that have already expired: a test of that case.
+        "SANDBOX_REFRESH_TOKEN_LIFETIME": _env_number(
+            "SANDBOX_REFRESH_TOKEN_LIFETIME",
+            180.0 * DAY,
+            -10 * YEAR,
+            10 * YEAR,
+            "seconds",
+            note=" (10 years; 0 or less issues expired tokens)",
         ),
         # A cloud portal's request limit: a bucket of 50 requests that drains 2 a second.
-        "SANDBOX_RATE_LIMIT": _env_int("SANDBOX_RATE_LIMIT", 50),
-        "SANDBOX_RATE_DRAIN": _env_float("SANDBOX_RATE_DRAIN", 2.0),
+        "SANDBOX_RATE_LIMIT": _env_number(
+            "SANDBOX_RATE_LIMIT", 50, 0, 1_000_000, whole=True, note=" (0: no rate limit)"
+        ),
+        "SANDBOX_RATE_DRAIN": _env_number(
+            "SANDBOX_RATE_DRAIN", 2.0, 0, 1_000_000, note=" (0: no rate limit)"
+        ),
         "SANDBOX_STATE_FILE": _env(
             "SANDBOX_STATE_FILE", os.path.join(instance_path, "sandbox-state.json")
         ),
@@ -193,24 +238,6 @@ def load_config(instance_path):
         "MAX_CONTENT_LENGTH": 1024 * 1024,
     }
 
-    if config["PING_INTERVAL"] <= 0:
-        raise ConfigError("PING_INTERVAL must be a positive number of seconds.")
-    if config["REST_ATTEMPTS"] < 1 or config["REST_ATTEMPTS"] != int(config["REST_ATTEMPTS"]):
-        raise ConfigError("REST_ATTEMPTS must be a whole number of at least 1.")
-    config["REST_ATTEMPTS"] = int(config["REST_ATTEMPTS"])
-    if config["BACKOFF_MAX"] <= 0:
-        raise ConfigError("BACKOFF_MAX must be a positive number of seconds.")
-    for name in ("SANDBOX_RATE_LIMIT", "SANDBOX_RATE_DRAIN"):
-        if config[name] < 0:
-            raise ConfigError(f"{name} must be 0 (no rate limit) or more.")
-    for name in (
-        "ADMIN_TOKEN_MAX_AGE",
-        "EVENT_LOG_RETENTION_DAYS",
-        "REST_TIMEOUT",
-        "OAUTH_TIMEOUT",
-    ):
-        if config[name] <= 0:
-            raise ConfigError(f"{name} must be a positive number.")
     if config["LOG_LEVEL"] not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}.")
     for name in ("PUBLIC_URL", "OAUTH_SERVER", "SANDBOX_URL"):

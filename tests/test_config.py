@@ -1,8 +1,11 @@
+import math
 import multiprocessing
 import os
 import re
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
@@ -56,23 +59,105 @@ def test_production_mode_never_mounts_the_sandbox(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("PING_INTERVAL", "soon", "PING_INTERVAL must be a number"),
-        ("PING_INTERVAL", "0", "PING_INTERVAL must be a positive number"),
         ("PULL_MODULE_ID", "Main", "PULL_MODULE_ID may hold only lower-case"),
         ("PULL_MODULE_ID", "my-app", "PULL_MODULE_ID may hold only lower-case"),
         ("SCHEDULER_IN_SERVER", "maybe", "SCHEDULER_IN_SERVER must be true or false"),
-        ("SANDBOX_RATE_LIMIT", "lots", "SANDBOX_RATE_LIMIT must be a whole number, got 'lots'"),
-        ("SANDBOX_RATE_LIMIT", "2.5", "SANDBOX_RATE_LIMIT must be a whole number"),
-        ("SANDBOX_RATE_LIMIT", "-1", r"SANDBOX_RATE_LIMIT must be 0 \(no rate limit\) or more"),
-        ("SANDBOX_RATE_DRAIN", "-0.5", r"SANDBOX_RATE_DRAIN must be 0 \(no rate limit\) or more"),
-        ("REST_TIMEOUT", "0", "REST_TIMEOUT must be a positive number"),
-        ("OAUTH_TIMEOUT", "-1", "OAUTH_TIMEOUT must be a positive number"),
     ],
 )
 def test_invalid_settings_are_refused(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         create_app()
+
+
+# Every numeric setting: what it must be, a value just below its range and one just above.
+NUMBER_RULES = {
+    "PING_INTERVAL": ("a number of seconds from 0.05 to 86400", "0.049", "86401"),
+    "REST_TIMEOUT": ("a positive number of seconds, at most 3600", "0", "3601"),
+    "OAUTH_TIMEOUT": ("a positive number of seconds, at most 3600", "-1", "3600.5"),
+    "REST_ATTEMPTS": ("a whole number from 1 to 10", "0", "11"),
+    "BACKOFF_MAX": ("a positive number of seconds, at most 86400", "-0.1", "86401"),
+    "PAGE_TOKEN_MAX_AGE": (
+        "a positive number of seconds, at most 31536000 (a year)",
+        "-1",
+        "31536001",
+    ),
+    "ADMIN_TOKEN_MAX_AGE": ("a positive number of seconds, at most 31536000 (a year)", "0", "1e9"),
+    "EVENT_LOG_RETENTION_DAYS": ("a positive number of days, at most 36500", "0", "36501"),
+    "SANDBOX_ACCESS_TOKEN_LIFETIME": ("a number of seconds from 1 to 86400", "0.5", "86401"),
+    "SANDBOX_REFRESH_TOKEN_LIFETIME": (
+        "a number of seconds from -315360000 to 315360000 (10 years; 0 or less issues expired "
+        "tokens)",
+        "-315360001",
+        "315360001",
+    ),
+    "SANDBOX_RATE_LIMIT": ("a whole number from 0 to 1000000 (0: no rate limit)", "-1", "1000001"),
+    "SANDBOX_RATE_DRAIN": ("a number from 0 to 1000000 (0: no rate limit)", "-0.5", "1e7"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (name, value)
+        for name, (_, too_small, too_large) in NUMBER_RULES.items()
+        for value in ("nan", "inf", "-inf", too_small, too_large, "soon")
+    ]
+    + [
+        ("PING_INTERVAL", "1e-9"),
+        ("PING_INTERVAL", "NaN"),
+        ("REST_TIMEOUT", "Infinity"),
+        ("EVENT_LOG_RETENTION_DAYS", "1e400"),
+        ("REST_ATTEMPTS", "2.5"),
+        ("SANDBOX_RATE_LIMIT", "2.5"),
+    ],
+)
+def test_a_numeric_setting_must_be_a_finite_number_in_its_range(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as error:
+        create_app()
+    assert str(error.value) == f"{name} must be {NUMBER_RULES[name][0]}, got {value!r}."
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("PING_INTERVAL", "0.05", 0.05),
+        ("PING_INTERVAL", "86400", 86400.0),
+        ("REST_TIMEOUT", "3600", 3600.0),
+        ("REST_ATTEMPTS", "1", 1),
+        ("REST_ATTEMPTS", "10.0", 10),
+        ("BACKOFF_MAX", "86400", 86400.0),
+        ("PAGE_TOKEN_MAX_AGE", "31536000", 31536000.0),
+        ("ADMIN_TOKEN_MAX_AGE", "0.5", 0.5),
+        ("EVENT_LOG_RETENTION_DAYS", "36500", 36500.0),
+        ("SANDBOX_ACCESS_TOKEN_LIFETIME", "1", 1.0),
+        ("SANDBOX_REFRESH_TOKEN_LIFETIME", "-1", -1.0),
+        ("SANDBOX_REFRESH_TOKEN_LIFETIME", "315360000", 315360000.0),
+        ("SANDBOX_RATE_LIMIT", "0", 0),
+        ("SANDBOX_RATE_DRAIN", "0", 0.0),
+    ],
+)
+def test_a_numeric_setting_at_the_edge_of_its_range_is_accepted(
+    monkeypatch, name, value, expected
+):
+    monkeypatch.setenv(name, value)
+    setting = create_app().config[name]
+    assert setting == expected
+    assert type(setting) is type(expected)
+
+
+def test_the_largest_settings_keep_the_apps_date_arithmetic_in_range(monkeypatch):
+    monkeypatch.setenv("EVENT_LOG_RETENTION_DAYS", "36500")
+    monkeypatch.setenv("ADMIN_TOKEN_MAX_AGE", "31536000")
+    monkeypatch.setenv("PING_INTERVAL", "86400")
+    config = create_app().config
+    now = time.time()
+    # As the pruning job, the admin page and the scheduler compute them.
+    assert datetime.now(UTC) - timedelta(days=config["EVENT_LOG_RETENTION_DAYS"])
+    assert datetime.fromtimestamp(now + config["ADMIN_TOKEN_MAX_AGE"], UTC)
+    interval = config["PING_INTERVAL"]
+    assert datetime.fromtimestamp((math.floor(now / interval) + 1.5) * interval, UTC)
 
 
 @pytest.mark.parametrize(
@@ -110,8 +195,9 @@ def test_production_on_loopback_may_use_http(monkeypatch):
     assert production(monkeypatch, "http://127.0.0.1:8000").config["SANDBOX"] is False
 
 
-def test_a_bad_setting_stops_wsgi_with_a_message_and_no_traceback(tmp_path):
-    environment = {**os.environ, "PING_INTERVAL": "soon", "B24_INSTANCE_PATH": str(tmp_path)}
+@pytest.mark.parametrize("value", ["soon", "nan", "inf"])
+def test_a_bad_setting_stops_wsgi_with_a_message_and_no_traceback(tmp_path, value):
+    environment = {**os.environ, "PING_INTERVAL": value, "B24_INSTANCE_PATH": str(tmp_path)}
     result = subprocess.run(
         [sys.executable, "-c", "import wsgi"],
         cwd=PROJECT_ROOT,
@@ -122,7 +208,8 @@ def test_a_bad_setting_stops_wsgi_with_a_message_and_no_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "b24app cannot start: PING_INTERVAL must be a number, got 'soon'."
+        "b24app cannot start: PING_INTERVAL must be a number of seconds from 0.05 to 86400, "
+        f"got {value!r}."
     )
 
 
