@@ -6,6 +6,7 @@ page carries a short-lived token signed with the app's secret key instead, sent 
 """
 
 import time
+from datetime import UTC, datetime
 from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -129,6 +130,14 @@ def ping_delivered():
         return jsonify(error="receipt is of a ping sent more than an hour ago."), 400
     if store.get_portal(g.member_id) is None:
         return jsonify(error="This portal is not known to the app."), 404
+    if not store.acknowledge_ping(
+        g.member_id,
+        sequence,
+        g.user_id,
+        datetime.fromtimestamp(sent_at, UTC),
+        kept_since=datetime.fromtimestamp(now - MAX_DELIVERY_AGE, UTC),
+    ):
+        return jsonify(error="This ping was acknowledged already."), 409
     delay_ms = max(0.0, (now - sent_at) * 1000)
     eventlog.record_ping_delivered(g.member_id, sequence, sent_at, delay_ms, g.user_id)
     return jsonify(result="ok", delay_ms=round(delay_ms, 1))

@@ -2,7 +2,17 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from b24app.encryption import EncryptedText
@@ -94,6 +104,23 @@ class Portal(Base):
 
     def __repr__(self):
         return f"<Portal {self.member_id} {self.domain} {self.install_state}>"
+
+
+class PingAcknowledgement(Base):
+    """A ping that a user's app page acknowledged: each counts once, however often it is sent.
+
+    Kept only while the ping's receipt is accepted (an hour), and gone with the portal's row.
+    """
+
+    __tablename__ = "ping_acknowledgements"
+
+    member_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("portals.member_id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # 0 for a page token that names no user.
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column()
 
 
 class SchedulerClaim(Base):

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from b24app.bitrix.errors import AccessLost, CallRejected, RetryLater
 from b24app.db import reading, transaction
-from b24app.models import InstallState, Portal, utcnow
+from b24app.models import InstallState, PingAcknowledgement, Portal, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -335,3 +336,27 @@ def record_ping_sent(member_id, sent_at):
         session.execute(
             update(Portal).where(Portal.member_id == member_id).values(last_ping_at=sent_at)
         )
+
+
+def acknowledge_ping(member_id, sequence, user_id, sent_at, kept_since):
+    """Count the user's acknowledgement of a ping once; return False if it was counted already.
+
+    Acknowledgements of pings sent before ``kept_since`` are forgotten on the way: receipts
+    that old are refused anyway.
+    """
+    try:
+        with transaction() as session:
+            session.execute(
+                delete(PingAcknowledgement).where(
+                    PingAcknowledgement.member_id == member_id,
+                    PingAcknowledgement.sent_at < kept_since,
+                )
+            )
+            session.add(
+                PingAcknowledgement(
+                    member_id=member_id, sequence=sequence, user_id=user_id or 0, sent_at=sent_at
+                )
+            )
+    except IntegrityError:
+        return False
+    return True

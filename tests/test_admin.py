@@ -440,6 +440,23 @@ def test_a_delivered_ping_is_logged_with_its_delay(live_server, pinged_portal):
     assert 0 <= response.json()["delay_ms"] < 60_000
 
 
+def test_a_ping_counts_once_per_user_however_often_it_is_acknowledged(live_server, pinged_portal):
+    member_id = pinged_portal.member_id
+    with live_server.app.app_context():
+        admin, user = issue_page_token(member_id, ADMIN), issue_page_token(member_id, 2)
+    receipt = receipts_to(live_server, member_id)[0]
+
+    first = deliver(live_server, admin, {"receipt": receipt})
+    again = deliver(live_server, admin, {"receipt": receipt})
+    other_user = deliver(live_server, user, {"receipt": receipt})
+
+    assert (first.status_code, again.status_code, other_user.status_code) == (200, 409, 200)
+    assert again.json() == {"error": "This ping was acknowledged already."}
+    flush(live_server)
+    rows = rows_in_log(live_server, kind=Kind.PING_DELIVERY)
+    assert sorted(json.loads(row.details)["user_id"] for row in rows) == [ADMIN, 2]
+
+
 def test_the_delay_is_measured_from_the_send_time_in_the_receipt(live_server, pinged_portal):
     with live_server.app.app_context():
         token = issue_page_token(pinged_portal.member_id, ADMIN)

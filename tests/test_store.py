@@ -327,6 +327,38 @@ def test_forgetting_a_portal_deletes_its_row(store_app):
     assert store.forget_portal("m" * 32) is False
 
 
+def test_a_ping_is_acknowledged_once_per_user_and_old_acknowledgements_go(store_app):
+    save()
+    member_id = "m" * 32
+    now = datetime.now(UTC)
+    hour_ago = now - timedelta(hours=1)
+
+    def acknowledge(sequence, user_id, sent_at=now):
+        return store.acknowledge_ping(member_id, sequence, user_id, sent_at, hour_ago)
+
+    assert acknowledge(1, 5, sent_at=now - timedelta(hours=2))
+    assert acknowledge(2, 5)
+    assert not acknowledge(2, 5)
+    assert acknowledge(2, 6)
+    assert acknowledge(2, None)
+    assert not acknowledge(2, None)
+    # Older than the hour, it is forgotten: the page API refuses such a receipt anyway.
+    assert acknowledge(1, 5, sent_at=now - timedelta(hours=2))
+    assert not store.acknowledge_ping("unknown", 1, 5, now, hour_ago)
+
+
+def test_forgetting_a_portal_forgets_its_acknowledgements(store_app):
+    save()
+    member_id = "m" * 32
+    now = datetime.now(UTC)
+    assert store.acknowledge_ping(member_id, 1, 5, now, now - timedelta(hours=1))
+
+    store.forget_portal(member_id)
+    save()
+
+    assert store.acknowledge_ping(member_id, 1, 5, now, now - timedelta(hours=1))
+
+
 def test_ping_sequence_numbers_are_taken_in_order(store_app):
     save()
     assert [store.next_ping_sequence("m" * 32) for _ in range(3)] == [1, 2, 3]
