@@ -9,6 +9,7 @@ from flask import Flask
 from b24app import bitrix, db, encryption, eventlog, logsafe
 from b24app.config import ConfigError, load_config
 from b24app.encryption import TokenKeyError
+from b24app.safejson import JSONProvider
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ def create_app(test_config=None):
         template_folder=os.path.join(PROJECT_ROOT, "templates"),
         static_folder=os.path.join(PROJECT_ROOT, "static"),
     )
+    app.json = JSONProvider(app)
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_mapping(load_config(app.instance_path))
     if test_config:

@@ -33,7 +33,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from simple_websocket import ConnectionClosed
 from werkzeug.datastructures import MultiDict
 
-from b24app import eventlog
+from b24app import eventlog, safejson
 from b24app.eventlog import Kind, Outcome, queries, summary
 from b24app.eventlog.queries import FilterError
 
@@ -461,7 +461,7 @@ def _open_tail(ws):
     if raw is None:
         raise AccessRefused(401, "Send the admin token first.")
     try:
-        opening = json.loads(raw)
+        opening = safejson.loads(raw)
     except (TypeError, ValueError):
         raise FilterError("The first message must be a JSON object.") from None
     if not isinstance(opening, dict) or not isinstance(opening.get("token"), str):

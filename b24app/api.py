@@ -97,7 +97,8 @@ def issue_ping_receipt(member_id, sequence, sent_at):
     """Return the signed receipt that a ping carries and the page sends back to acknowledge it.
 
     It binds the ping's portal, number and send time: a page can acknowledge only pings the
-    scheduler sent to its own portal, and cannot make their delay look shorter or longer.
+    scheduler sent to its own portal, and cannot make their delay look shorter. (Holding one
+    back makes it look longer, up to the hour a receipt is taken.)
     """
     return _receipts().dumps([member_id, sequence, sent_at])
 
@@ -128,8 +129,12 @@ def ping_delivered():
     now = time.time()
     if sent_at < now - MAX_DELIVERY_AGE:
         return jsonify(error="receipt is of a ping sent more than an hour ago."), 400
-    if store.get_portal(g.member_id) is None:
+    portal = store.get_portal(g.member_id)
+    if portal is None:
         return jsonify(error="This portal is not known to the app."), 404
+    # Numbers start again when the app is installed anew after its data was deleted.
+    if sent_at < portal.created_at.timestamp():
+        return jsonify(error="receipt is of a ping to an earlier installation of the app."), 400
     if not store.acknowledge_ping(
         g.member_id,
         sequence,

@@ -4,10 +4,12 @@ import logging
 import math
 import signal
 import threading
+from contextlib import contextmanager
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,8 @@ def db_upgrade():
     from b24app import migrations
     from b24app.encryption import encrypt_stored_tokens
 
-    migrations.upgrade(current_app.config["DATABASE_URL"])
+    with _database_errors():
+        migrations.upgrade(current_app.config["DATABASE_URL"])
     encrypted = encrypt_stored_tokens()
     if encrypted:
         click.echo(f"Encrypted the tokens of {encrypted} portal(s) stored unencrypted.")
@@ -138,10 +141,25 @@ def _require_migrated(app):
     """Stop with a clear message when the database lacks migrations."""
     from b24app import migrations
 
-    if not migrations.is_up_to_date(app.config["DATABASE_URL"]):
+    with _database_errors():
+        up_to_date = migrations.is_up_to_date(app.config["DATABASE_URL"])
+    if not up_to_date:
         raise click.ClickException(
             "The database is not up to date: run `flask --app wsgi db-upgrade` first."
         )
+
+
+@contextmanager
+def _database_errors():
+    """Stop with one line, not a traceback, when the database cannot be reached or opened."""
+    try:
+        yield
+    except DBAPIError as exc:
+        # The driver's own words, first line only: "Connection refused", "unable to open ...".
+        reason = (str(exc.orig).strip().splitlines() or [""])[0]
+        raise click.ClickException(
+            f"Cannot use the database at DATABASE_URL ({type(exc.orig).__name__}: {reason})."
+        ) from None
 
 
 def _require_readable_tokens():

@@ -412,6 +412,7 @@ async function applyFilters(event) {
 async function olderPage() {
   try {
     await loadEvents(view.nextCursor);
+    showStatus('Showing older events; Newest goes back to the newest.', 'ok');
   } catch (error) {
     fail(error);
   }
@@ -421,6 +422,7 @@ async function newestPage() {
   try {
     window.adminTail.received = [];
     await loadEvents(null);
+    showStatus('Showing the newest events.', 'ok');
     setTailStatus(document.body.dataset.tail || 'live', 'live');
   } catch (error) {
     fail(error);

@@ -21,6 +21,7 @@ from b24app.eventlog import Kind, Outcome
 from b24app.models import EventLogEntry, Portal
 from b24app.scheduler import send_ping
 from tests.conftest import frame_post, install_portal
+from tests.test_events import bind_lifecycle_events, install_with_handlers
 
 ADMIN, USER = 1, 2
 PAGE_CONFIG = re.compile(r'<script type="application/json" id="page-config">(.*?)</script>', re.S)
@@ -324,6 +325,8 @@ def test_the_api_filters_and_pages(live_server, operator_token):
         ({"limit": "many"}, "limit must be a whole number from 1 to 500."),
         ({"before": "yesterday"}, "before must be a cursor from the previous page's next."),
         ({"before": "1_9999999999999999999"}, "before must be a cursor from the previous page"),
+        ({"before": "\uff11_1"}, "before must be a cursor from the previous page"),
+        ({"q": "\x00"}, "q must be text without NUL characters."),
         ({"until": "9999-12-31T23:59:59-14:00"}, "until is out of range"),
         ({"kind": "nonsense"}, "kind must be one of"),
         ({"since": "last week"}, "since must be an ISO 8601 time"),
@@ -457,6 +460,33 @@ def test_a_ping_counts_once_per_user_however_often_it_is_acknowledged(live_serve
     assert sorted(json.loads(row.details)["user_id"] for row in rows) == [ADMIN, 2]
 
 
+def test_a_receipt_from_before_a_clean_uninstall_is_refused_after_the_reinstall(live_server):
+    # Ping numbers start again with the new installation: its first ping is not the old one.
+    sandbox = live_server.sandbox
+    portal = install_with_handlers(live_server)
+    with live_server.app.app_context():
+        send_ping(portal.member_id, "main")
+    sandbox.uninstall(portal.member_id, clean=True)
+    sandbox.wait_for_event_deliveries(2)
+    assert frame_post(sandbox.frame_launch(portal.member_id)).status_code == 200
+    bind_lifecycle_events(live_server, portal)
+    sandbox.finish_install(portal.member_id)
+    sandbox.wait_for_event_deliveries(3)
+    with live_server.app.app_context():
+        send_ping(portal.member_id, "main")
+        token = issue_page_token(portal.member_id, ADMIN)
+    old, new = receipts_to(live_server, portal.member_id)
+
+    refused = deliver(live_server, token, {"receipt": old})
+    taken = deliver(live_server, token, {"receipt": new})
+
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": "receipt is of a ping to an earlier installation of the app."
+    }
+    assert taken.status_code == 200
+
+
 def test_the_delay_is_measured_from_the_send_time_in_the_receipt(live_server, pinged_portal):
     with live_server.app.app_context():
         token = issue_page_token(pinged_portal.member_id, ADMIN)
@@ -522,6 +552,22 @@ def test_an_oversized_delivery_is_refused_in_json(live_server, pinged_portal):
 
     assert response.status_code == 413
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize("body", ['{"receipt": "\\ud800"}', "[" * 100_000])
+def test_json_the_app_cannot_hold_is_refused_as_malformed(live_server, pinged_portal, body):
+    with live_server.app.app_context():
+        token = issue_page_token(pinged_portal.member_id, ADMIN)
+
+    response = requests.post(
+        f"{live_server.public_url}/api/ping-delivered",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "Send a JSON object with the ping's receipt only."}
 
 
 def test_a_delivery_needs_a_page_token(live_server, pinged_portal):
@@ -722,6 +768,8 @@ def test_the_live_tail_closes_when_the_token_expires(live_server_factory):
         ({"token": "forged"}, 4401, "The admin token is not valid; reopen the admin page."),
         ({"filter": {}}, 4401, "Send the admin token first."),
         ("not json", 4400, "The first message must be a JSON object."),
+        ("[" * 100_000, 4400, "The first message must be a JSON object."),
+        ('{"token": "\\ud800"}', 4400, "The first message must be a JSON object."),
         ("OPERATOR:kind=bad", 4400, "kind must be one of"),
         ("OPERATOR:after=-1", 4400, "after must be the id of a row"),
         (f"OPERATOR:after={10**30}", 4400, "after must be the id of a row"),
@@ -735,7 +783,7 @@ def test_the_live_tail_refuses_a_bad_opening(live_server, first_message, code, r
             "OPERATOR": issue_operator_token(1),
             "PORTAL": issue_admin_token("m1", ADMIN),
         }
-    if isinstance(first_message, str) and ":" in first_message:
+    if isinstance(first_message, str) and first_message.startswith(("OPERATOR:", "PORTAL:")):
         scope, _, change = first_message.partition(":")
         name, _, value = change.partition("=")
         opening = {"token": tokens[scope], "filter": {}, "after": None}

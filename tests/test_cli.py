@@ -9,7 +9,7 @@ import sys
 import pytest
 from sqlalchemy import create_engine, select
 
-from b24app import PROJECT_ROOT, migrations
+from b24app import PROJECT_ROOT, create_app, migrations
 from b24app.models import EventLogEntry
 from tests.browser_helpers import wait_until
 
@@ -65,3 +65,24 @@ def test_sigterm_stops_the_command_cleanly_and_the_log_says_so(tmp_path, command
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert logged_kinds(url)[-1] == "scheduler_stop"
+
+
+@pytest.mark.parametrize(
+    ("command", "url", "reason"),
+    [
+        (["db-upgrade"], "sqlite:///{tmp}/no/such/folder/app.sqlite3", "unable to open database"),
+        (["serve"], "sqlite:///{tmp}/no/such/folder/app.sqlite3", "unable to open database"),
+        (["scheduler"], "postgresql+psycopg://app:secret@127.0.0.1:1/app", "Connection refused"),
+    ],
+)
+def test_a_database_out_of_reach_stops_the_command_with_one_line(tmp_path, command, url, reason):
+    url = url.format(tmp=tmp_path)
+    app = create_app({"DATABASE_URL": url})
+
+    result = app.test_cli_runner().invoke(args=command)
+
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: Cannot use the database at DATABASE_URL (OperationalError: ")
+    assert reason in line
+    assert "secret" not in line

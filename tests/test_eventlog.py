@@ -280,6 +280,8 @@ def test_filters_select_the_matching_rows_newest_first(filled, event_filter, exp
         ),
         ({"member_id": "a b"}, "member_id is malformed."),
         ({"q": "x" * 101}, "q may be at most 100 characters long."),
+        ({"q": "a\x00b"}, "q must be text without NUL characters."),
+        ({"q": "\ud800"}, "q must be text without NUL characters."),
     ],
 )
 def test_malformed_filters_are_refused_with_what_is_wrong(args, message):

@@ -137,6 +137,18 @@ def test_only_an_admin_installs_an_api_only_app(live_server):
     assert sandbox.get_portal(portal.member_id).installed is False
 
 
+def test_an_installed_app_is_not_installed_again_as_api_only(live_server):
+    sandbox = live_server.sandbox
+    portal = sandbox.create_portal()
+    sandbox.finish_install(portal.member_id)
+
+    with pytest.raises(SandboxError, match="installed already; uninstall it first"):
+        sandbox.install_api_only(portal.member_id)
+
+    assert sandbox.get_portal(portal.member_id).app_state == "installed"
+    assert sandbox.bound_events(portal.member_id) == []
+
+
 def test_the_portal_page_installs_an_api_only_app(live_server):
     sandbox = live_server.sandbox
     portal = sandbox.create_portal()

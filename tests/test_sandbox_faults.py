@@ -519,7 +519,14 @@ def test_a_bad_fault_is_refused_with_400_and_nothing_changes(server, portal, fau
 
 
 @pytest.mark.parametrize(
-    "options", [{"data": "target=rest&kind=NO_AUTH_FOUND"}, {"data": "[]"}, {"json": ["rest"]}]
+    "options",
+    [
+        {"data": "target=rest&kind=NO_AUTH_FOUND"},
+        {"data": "[]"},
+        {"json": ["rest"]},
+        {"data": "[" * 100_000, "headers": {"Content-Type": "application/json"}},
+        {"data": '{"target": "\\ud800"}', "headers": {"Content-Type": "application/json"}},
+    ],
 )
 def test_a_fault_must_come_as_a_json_object(server, portal, options):
     response = requests.post(faults_url(server, portal), timeout=10, **options)

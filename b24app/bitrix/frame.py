@@ -7,10 +7,10 @@ is trusted until the OAuth server confirms that the access token belongs to this
 very portal.
 """
 
-import json
 import re
 from dataclasses import dataclass, field
 
+from b24app import safejson
 from b24app.bitrix.errors import BitrixError, RetryLater
 
 MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -125,7 +125,7 @@ def _placement_options(raw):
     if not raw:
         return {}
     try:
-        options = json.loads(raw)
+        options = safejson.loads(raw)
     except ValueError:
         return {}
     return options if isinstance(options, dict) else {}

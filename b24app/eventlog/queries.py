@@ -21,10 +21,10 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_SEARCH = 100
 EXPORT_BATCH = 1000
-_CURSOR = re.compile(r"^(\d{1,17})_(\d{1,19})$")
+_CURSOR = re.compile(r"([0-9]{1,17})_([0-9]{1,19})")
 # Row ids are 64-bit signed integers on every database.
 MAX_ROW_ID = 2**63 - 1
-_MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MEMBER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -108,7 +108,7 @@ def parse_filter(args):
     """
     get_list = args.getlist if hasattr(args, "getlist") else lambda key: _as_list(args.get(key))
     member_id = (args.get("member_id") or "").strip() or None
-    if member_id and not _MEMBER_ID.match(member_id):
+    if member_id and not _MEMBER_ID.fullmatch(member_id):
         raise FilterError("member_id is malformed.")
     since = parse_time(args["since"], "since") if args.get("since") else None
     until = parse_time(args["until"], "until") if args.get("until") else None
@@ -117,6 +117,8 @@ def parse_filter(args):
     text = (args.get("q") or "").strip() or None
     if text and len(text) > MAX_SEARCH:
         raise FilterError(f"q may be at most {MAX_SEARCH} characters long.")
+    if text and not _is_text(text):
+        raise FilterError("q must be text without NUL characters.")
     return EventFilter(
         member_id=member_id,
         kinds=_choices(get_list("kind"), KINDS, "kind"),
@@ -125,6 +127,11 @@ def parse_filter(args):
         until=until,
         text=text,
     )
+
+
+def _is_text(value):
+    """Return whether every database can store and search ``value``: no NUL, no lone surrogate."""
+    return "\x00" not in value and not any("\ud800" <= char <= "\udfff" for char in value)
 
 
 def _as_list(value):
@@ -161,7 +168,7 @@ def decode_cursor(cursor):
 
     :raise FilterError: when the cursor is not one that :func:`encode_cursor` makes.
     """
-    match = _CURSOR.match(str(cursor))
+    match = _CURSOR.fullmatch(str(cursor))
     if not match or int(match.group(2)) > MAX_ROW_ID:
         raise FilterError("before must be a cursor from the previous page's next.")
     return _EPOCH + timedelta(microseconds=int(match.group(1))), int(match.group(2))

@@ -18,6 +18,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from b24app.logsafe import MaskingFilter
+from b24app.safejson import JSONProvider
 from b24app.sandbox.state import SandboxState
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def create_portal_app(app, state):
         SANDBOX_URL=app.config["SANDBOX_URL"],
         PUBLIC_URL=app.config["PUBLIC_URL"],
     )
+    portal_app.json = JSONProvider(portal_app)
     # Keep keys in the order the protocol lists them, as a portal's JSON has them.
     portal_app.json.sort_keys = False
     portal_app.extensions["sandbox"] = state

@@ -8,13 +8,13 @@ Before a call runs, the portal's faults and condition may answer it instead (see
 ``faults.py``), and its rate limit may refuse it with ``QUERY_LIMIT_EXCEEDED``.
 """
 
-import json
 import re
 import time
 from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
+from b24app import safejson
 from b24app.bitrix import forms
 from b24app.sandbox import faults
 from b24app.sandbox.state import (
@@ -360,7 +360,7 @@ def _push_params(raw):
         return {}
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = safejson.loads(raw)
         except ValueError:
             raw = None
     if not isinstance(raw, dict | list):
@@ -374,7 +374,7 @@ def _user_id_list(raw):
         return []
     if isinstance(raw, str) and raw.strip().startswith("["):
         try:
-            raw = json.loads(raw)
+            raw = safejson.loads(raw)
         except ValueError:
             raw = None
     items = list(raw.values()) if isinstance(raw, dict) else raw

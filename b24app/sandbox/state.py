@@ -787,10 +787,13 @@ class SandboxState:
         Saving such an app's form binds its initial installation path to ONAPPINSTALL and
         installs it at once: no frame is opened and no ``installFinish`` is needed.
 
-        :raise SandboxError: for an unknown portal or user, or a user who is not an admin.
+        :raise SandboxError: for an unknown portal or user, a user who is not an admin, or an
+            app that is installed already.
         """
         if not self.get_user(member_id, user_id).admin:
             raise SandboxError("Only an administrator can install the application.")
+        if self.get_portal(member_id).installed:
+            raise SandboxError("The application is installed already; uninstall it first.")
         with suppress(ProtocolError):  # Bound already by an earlier installation.
             self.bind_event(member_id, "ONAPPINSTALL", self.install_url, 0, user_id)
         return self.finish_install(member_id, user_id, api_only=True)
