@@ -24,10 +24,17 @@ _RECEIPT_SALT = "b24app.ping-receipt"
 MAX_DELIVERY_AGE = 3600.0
 
 
-@bp.errorhandler(HTTPException)
+# Paths whose every answer is JSON, refusals of the request itself included.
+JSON_PATHS = ("/api/", "/admin/api/")
+
+
+@bp.app_errorhandler(HTTPException)
 def http_error(error):
-    """Answer in JSON, as every other answer here, when the request itself is refused."""
-    return jsonify(error=error.description), error.code
+    """Answer a refused request (no such path, wrong method, too large) to a JSON API in JSON,
+    and any other as Flask does."""
+    if request.path.startswith(JSON_PATHS):
+        return jsonify(error=error.description), error.code
+    return error
 
 
 def _serializer():

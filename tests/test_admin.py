@@ -388,6 +388,30 @@ def test_the_json_export_holds_the_filtered_rows(live_server, operator_token):
     }
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/admin/api/nothing", 404),
+        ("DELETE", "/admin/api/events", 405),
+        ("GET", "/api/nothing", 404),
+        ("GET", "/api/ping-delivered", 405),
+    ],
+)
+def test_the_json_apis_refuse_unknown_paths_and_methods_in_json(live_server, method, path, status):
+    response = requests.request(method, live_server.public_url + path, timeout=10)
+
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]
+
+
+def test_other_paths_keep_their_html_error_pages(live_server):
+    response = requests.get(live_server.public_url + "/nothing", timeout=10)
+
+    assert response.status_code == 404
+    assert response.headers["Content-Type"].startswith("text/html")
+
+
 def test_the_export_refuses_an_unknown_format(live_server, operator_token):
     response = api(live_server, "/export", operator_token, format="xlsx")
     assert response.status_code == 400
