@@ -4,7 +4,8 @@ import logging
 import os
 
 from dotenv import load_dotenv
-from flask import Flask
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from b24app import bitrix, db, encryption, eventlog, logsafe
 from b24app.config import ConfigError, load_config
@@ -12,6 +13,9 @@ from b24app.encryption import TokenKeyError
 from b24app.safejson import JSONProvider
 
 log = logging.getLogger(__name__)
+
+# The app's JSON APIs: every answer is JSON, refusals of the request itself included.
+JSON_PATHS = ("/api/", "/admin/api/")
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +44,7 @@ def create_app(test_config=None):
 
     from b24app import admin, api, cli, events, pages
 
+    app.register_error_handler(HTTPException, _http_error)
     app.register_blueprint(pages.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(api.bp)
@@ -63,6 +68,14 @@ def create_app(test_config=None):
             app.config["OAUTH_SERVER"],
         )
     return app
+
+
+def _http_error(error):
+    """Answer a refused request (no such path, wrong method, too large) to a JSON API in JSON,
+    and any other as Flask does."""
+    if request.path.startswith(JSON_PATHS):
+        return jsonify(error=error.description), error.code
+    return error
 
 
 def _configure_logging(level):

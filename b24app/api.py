@@ -11,7 +11,6 @@ from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
-from werkzeug.exceptions import HTTPException
 
 from b24app import eventlog, store
 from b24app.models import AccessProblem, utcnow
@@ -22,19 +21,6 @@ _SALT = "b24app.page-token"
 _RECEIPT_SALT = "b24app.ping-receipt"
 # A page may receive a ping the push server held back; older ones are not plausible.
 MAX_DELIVERY_AGE = 3600.0
-
-
-# Paths whose every answer is JSON, refusals of the request itself included.
-JSON_PATHS = ("/api/", "/admin/api/")
-
-
-@bp.app_errorhandler(HTTPException)
-def http_error(error):
-    """Answer a refused request (no such path, wrong method, too large) to a JSON API in JSON,
-    and any other as Flask does."""
-    if request.path.startswith(JSON_PATHS):
-        return jsonify(error=error.description), error.code
-    return error
 
 
 def _serializer():

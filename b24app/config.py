@@ -50,11 +50,11 @@ def _env(name, default=None):
     return default if value is None or value.strip() == "" else value.strip()
 
 
-def _env_number(name, default, low, high, unit="", *, above_low=False, whole=False, note=""):
+def _env_number(name, default, low, high, unit="", *, whole=False, note=""):
     """Return the setting ``name``: a finite number from ``low`` to ``high``, or ``default``.
 
+    :param low: the smallest value allowed, or None for any number above 0.
     :param unit: what the number counts ("seconds", "days"), named in the error message.
-    :param above_low: whether ``low`` itself is refused too (the number must be above it).
     :param whole: whether the number must be whole; it is then returned as an int.
     :param note: said after the range in the error message, e.g. " (a year)".
     :raise ConfigError: when the setting is not such a number (nan and infinities never are);
@@ -67,13 +67,13 @@ def _env_number(name, default, low, high, unit="", *, above_low=False, whole=Fal
         value = float(raw)
     except ValueError:
         value = math.nan
-    above = low < value if above_low else low <= value
-    in_range = math.isfinite(value) and above and value <= high
-    if not in_range or (whole and not value.is_integer()):
+    above = value > 0 if low is None else low <= value
+    if not (math.isfinite(value) and above and value <= high) or (
+        whole and not value.is_integer()
+    ):
         kind = ("whole number" if whole else "number") + (f" of {unit}" if unit else "")
-        if above_low:
-            rule = f"a positive {kind}" if low == 0 else f"a {kind} above {_plain(low)}"
-            rule += f", at most {_plain(high)}{note}"
+        if low is None:
+            rule = f"a positive {kind}, at most {_plain(high)}{note}"
         else:
             rule = f"a {kind} from {_plain(low)} to {_plain(high)}{note}"
         raise ConfigError(f"{name} must be {rule}, got {raw!r}.")
@@ -194,19 +194,19 @@ def load_config(instance_path):
         ],
         "PUBLIC_URL": public_url,
         "JSSDK_URL": _env("B24_JSSDK_URL", "/vendor/b24jssdk/index.min.js"),
-        "REST_TIMEOUT": _env_number("REST_TIMEOUT", 10.0, 0, HOUR, "seconds", above_low=True),
+        "REST_TIMEOUT": _env_number("REST_TIMEOUT", 10.0, None, HOUR, "seconds"),
         # Longer than REST's: a refresh the app gives up on may still use the token up.
-        "OAUTH_TIMEOUT": _env_number("OAUTH_TIMEOUT", 30.0, 0, HOUR, "seconds", above_low=True),
+        "OAUTH_TIMEOUT": _env_number("OAUTH_TIMEOUT", 30.0, None, HOUR, "seconds"),
         "REST_ATTEMPTS": _env_number("REST_ATTEMPTS", 3, 1, 10, whole=True),
-        "BACKOFF_MAX": _env_number("BACKOFF_MAX", 300.0, 0, DAY, "seconds", above_low=True),
+        "BACKOFF_MAX": _env_number("BACKOFF_MAX", 300.0, None, DAY, "seconds"),
         "PAGE_TOKEN_MAX_AGE": _env_number(
-            "PAGE_TOKEN_MAX_AGE", 3600.0, 0, YEAR, "seconds", above_low=True, note=" (a year)"
+            "PAGE_TOKEN_MAX_AGE", 3600.0, None, YEAR, "seconds", note=" (a year)"
         ),
         "ADMIN_TOKEN_MAX_AGE": _env_number(
-            "ADMIN_TOKEN_MAX_AGE", 3600.0, 0, YEAR, "seconds", above_low=True, note=" (a year)"
+            "ADMIN_TOKEN_MAX_AGE", 3600.0, None, YEAR, "seconds", note=" (a year)"
         ),
         "EVENT_LOG_RETENTION_DAYS": _env_number(
-            "EVENT_LOG_RETENTION_DAYS", 30.0, 0, MAX_RETENTION_DAYS, "days", above_low=True
+            "EVENT_LOG_RETENTION_DAYS", 30.0, None, MAX_RETENTION_DAYS, "days"
         ),
         "SCHEDULER_IN_SERVER": _env_bool("SCHEDULER_IN_SERVER", True),
         "SANDBOX_URL": sandbox_url,

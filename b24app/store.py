@@ -339,7 +339,8 @@ def record_ping_sent(member_id, sent_at):
 
 
 def acknowledge_ping(member_id, sequence, user_id, sent_at, kept_since):
-    """Count the user's acknowledgement of a ping once; return False if it was counted already.
+    """Count the user's acknowledgement of a ping once; return False if it was counted already
+    (or the portal is not stored).
 
     Acknowledgements of pings sent before ``kept_since`` are forgotten on the way: receipts
     that old are refused anyway.

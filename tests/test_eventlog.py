@@ -104,6 +104,32 @@ def test_recorded_rows_are_written_with_the_portals_domain_and_no_secrets(db_app
     assert "secret" not in row.details
 
 
+def test_text_no_database_can_store_is_replaced_and_loses_no_row(db_app):
+    # A portal's error code is text from outside: NUL and lone surrogates must not make the
+    # batch it is written in fail, losing the rows around it.
+    with db_app.app_context():
+        eventlog.record(Kind.PING_SEND, Outcome.OK, "before")
+        eventlog.record(
+            Kind.PING_SEND,
+            Outcome.FAILED,
+            "Ping failed: A\x00B\ud800C",
+            member_id="m\x001",
+            domain="d\x00.example",
+            details={"error": "A\x00B\ud800C", "k\x00ey": ["\udfff"]},
+        )
+        eventlog.record(Kind.PING_SEND, Outcome.OK, "after")
+        assert eventlog.flush()
+        with reading() as session:
+            rows = list(session.scalars(select(EventLogEntry).order_by(EventLogEntry.id)))
+    assert [row.message for row in rows] == [
+        "before",
+        "Ping failed: A\ufffdB\ufffdC",
+        "after",
+    ]
+    assert (rows[1].member_id, rows[1].domain) == ("m\ufffd1", "d\ufffd.example")
+    assert json.loads(rows[1].details) == {"error": "A\ufffdB\ufffdC", "k\ufffdey": ["\ufffd"]}
+
+
 def test_record_cuts_long_messages_and_details(app):
     with app.app_context():
         eventlog.record(Kind.EVENT, Outcome.OK, "m" * 1000, details={"text": "x" * 10_000})

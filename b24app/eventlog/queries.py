@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, or_, select
 
 from b24app.db import reading
-from b24app.eventlog.recorder import KINDS, OUTCOMES
+from b24app.eventlog.recorder import KINDS, OUTCOMES, storable
 from b24app.models import EventLogEntry
 
 DEFAULT_LIMIT = 50
@@ -117,7 +117,7 @@ def parse_filter(args):
     text = (args.get("q") or "").strip() or None
     if text and len(text) > MAX_SEARCH:
         raise FilterError(f"q may be at most {MAX_SEARCH} characters long.")
-    if text and not _is_text(text):
+    if text and storable(text) != text:
         raise FilterError("q must be text without NUL characters.")
     return EventFilter(
         member_id=member_id,
@@ -127,11 +127,6 @@ def parse_filter(args):
         until=until,
         text=text,
     )
-
-
-def _is_text(value):
-    """Return whether every database can store and search ``value``: no NUL, no lone surrogate."""
-    return "\x00" not in value and not any("\ud800" <= char <= "\udfff" for char in value)
 
 
 def _as_list(value):

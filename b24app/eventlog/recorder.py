@@ -11,6 +11,7 @@ import atexit
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import weakref
@@ -73,6 +74,8 @@ SECRET_KEYS = {
 SECRET_KEY_PARTS = ("token", "secret", "password")
 MAX_MESSAGE = 255
 MAX_STRING = 500
+# What no database stores as text: NUL (PostgreSQL refuses it) and lone surrogates (no UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MAX_DETAILS = 4000
 MAX_DEPTH = 4
 
@@ -99,13 +102,18 @@ def _is_secret(key):
     return name in SECRET_KEYS or any(part in name for part in SECRET_KEY_PARTS)
 
 
+def storable(text):
+    """Return ``text`` with what no database can store as text replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def clean_details(value, depth=0):
     """Return ``value`` fit for the log: secret keys dropped, strings and nesting cut short."""
     if isinstance(value, dict):
         if depth >= MAX_DEPTH:
             return "…"
         return {
-            str(key)[:64]: clean_details(item, depth + 1)
+            storable(str(key)[:64]): clean_details(item, depth + 1)
             for key, item in value.items()
             if not _is_secret(key)
         }
@@ -115,7 +123,7 @@ def clean_details(value, depth=0):
         return [clean_details(item, depth + 1) for item in list(value)[:50]]
     if value is None or isinstance(value, bool | int | float):
         return value
-    return str(value)[:MAX_STRING]
+    return storable(str(value)[:MAX_STRING])
 
 
 def details_json(details):
@@ -312,11 +320,12 @@ def record(kind, outcome, message, *, member_id=None, domain=None, duration_ms=N
         recorder().add(
             {
                 "occurred_at": utcnow(),
-                "member_id": str(member_id)[:64] if member_id else None,
-                "domain": str(domain)[:255] if domain else None,
+                "member_id": storable(str(member_id)[:64]) if member_id else None,
+                "domain": storable(str(domain)[:255]) if domain else None,
                 "kind": kind,
                 "outcome": outcome,
-                "message": str(message)[:MAX_MESSAGE],
+                # Error codes and descriptions in it may come from a portal.
+                "message": storable(str(message)[:MAX_MESSAGE]),
                 "duration_ms": float(duration_ms) if duration_ms is not None else None,
                 "details": details_json(details),
             }
